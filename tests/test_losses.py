@@ -1,0 +1,124 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from ttsn_hf.losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
+
+
+def normalized(*shape, seed=0):
+    return nn.functional.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def no_masks(n):
+    return torch.full((n, 1), -1, dtype=torch.long)
+
+
+def test_infonce_without_masks_equals_plain_cross_entropy():
+    q, p = normalized(6, 8, seed=1), normalized(6, 8, seed=2)
+    loss = InBatchInfoNCELoss(temperature=0.05)(q, p, torch.ones(6), torch.arange(6), no_masks(6))
+    expected = nn.functional.cross_entropy(q @ p.T / 0.05, torch.arange(6))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_negative_rows_are_candidates_but_not_anchors():
+    q, p = normalized(5, 8, seed=3), normalized(5, 8, seed=4)
+    targets = torch.tensor([1.0, 0, 1, 0, 1])
+    loss = InBatchInfoNCELoss(0.1)(q, p, targets, torch.arange(5), no_masks(5))
+    anchors = torch.tensor([0, 2, 4])
+    expected = nn.functional.cross_entropy(q[anchors] @ p.T / 0.1, anchors)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_known_positive_and_duplicate_product_are_masked_out():
+    q, p = normalized(4, 8, seed=5), normalized(4, 8, seed=6)
+    keys = torch.tensor([10, 11, 10, 12])  # row 2 repeats row 0's product
+    mask_keys = torch.tensor([[10, 12], [11, -1], [10, -1], [12, -1]])  # row 0's query also likes product 12
+    loss = InBatchInfoNCELoss(0.05)(q, p, torch.ones(4), keys, mask_keys)
+    logits = q @ p.T / 0.05
+    blocked = torch.tensor(
+        [[False, False, True, True], [False, False, False, False], [True, False, False, False], [False] * 4]
+    )
+    expected = nn.functional.cross_entropy(logits.masked_fill(blocked, torch.finfo(logits.dtype).min), torch.arange(4))
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, nn.functional.cross_entropy(logits, torch.arange(4)))
+
+
+def test_weighted_contrastive_matches_formula_and_weights_matter():
+    q, p = normalized(4, 8, seed=7), normalized(4, 8, seed=8)
+    targets, weights = torch.tensor([1.0, 1, 0, 0]), torch.tensor([1.0, 0.5, 1, 2])
+    loss = WeightedContrastiveLoss(margin=0.5)(q, p, targets, weights)
+    d = 1 - (q * p).sum(-1)
+    per_pair = targets * d**2 + (1 - targets) * torch.relu(0.5 - d) ** 2
+    torch.testing.assert_close(loss, (0.5 * weights * per_pair).sum() / weights.sum())
+    unweighted = WeightedContrastiveLoss(margin=0.5)(q, p, targets, torch.ones(4))
+    assert not torch.allclose(loss, unweighted)
+
+
+def test_combined_loss_is_weighted_sum_of_components():
+    q, p = normalized(4, 8, seed=9), normalized(4, 8, seed=10)
+    args = (q, p, torch.tensor([1.0, 1, 0, 1]), torch.ones(4), torch.arange(4), no_masks(4))
+    out = CombinedLoss(contrastive_weight=0.3, infonce_weight=2.0)(*args)
+    torch.testing.assert_close(out["loss"], 0.3 * out["contrastive_loss"] + 2.0 * out["infonce_loss"])
+    assert CombinedLoss().get_config_dict()["infonce"] == {"temperature": 0.05}
+
+
+def _batch(seed=0, n=8):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 16, generator=g)
+    product_features = torch.randn(n, 16, generator=g)
+    targets = torch.tensor([1.0, 1, 0, 1, 1, 0, 0, 1][:n])  # unequal anchors per shard
+    keys = torch.tensor([1, 2, 3, 4, 1, 6, 7, 8][:n])  # a duplicate product across the two shards
+    mask_keys = keys[:, None].clone()
+    return features, product_features, targets, torch.rand(n, generator=g) + 0.5, keys, mask_keys
+
+
+def _loss_and_grads(encoder, batch):
+    features, product_features, targets, weights, keys, mask_keys = batch
+    q = nn.functional.normalize(encoder(features), dim=-1)
+    p = nn.functional.normalize(encoder(product_features), dim=-1)
+    loss = CombinedLoss()(q, p, targets, weights, keys, mask_keys)["loss"]
+    encoder.zero_grad()
+    loss.backward()
+    return loss.detach(), [param.grad.clone() for param in encoder.parameters()]
+
+
+def _worker(rank, world, port, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    encoder = nn.Linear(16, 8)
+    full = _batch()
+    shard = tuple(t[rank * 4 : (rank + 1) * 4] for t in full)
+    loss, grads = _loss_and_grads(encoder, shard)
+    for grad in grads:  # what DDP does: average gradients over processes
+        dist.all_reduce(grad)
+        grad /= world
+    dist.all_reduce(loss)
+    results[rank] = (loss / world, grads, dist.get_world_size())
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2])
+def test_two_processes_match_one_process_with_double_batch(world):
+    torch.manual_seed(0)
+    encoder = nn.Linear(16, 8)
+    loss, grads = _loss_and_grads(encoder, _batch())
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(world, _free_port(), results), nprocs=world)
+    for rank in range(world):
+        shard_loss, shard_grads, world_size = results[rank]
+        assert world_size == world
+        torch.testing.assert_close(shard_loss, loss, rtol=1e-5, atol=1e-6)
+        for got, expected in zip(shard_grads, grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,31 @@
+"""Train the two-tower model through the three-stage schedule.
+
+    accelerate launch --config_file accelerate_config.yaml train.py --esci_dir ../shared/data/esci-us-sample
+"""
+
+import logging
+
+from ttsn_hf.cli import parse_args
+from ttsn_hf.errors import cli_entry
+from ttsn_hf.training import TrainingRun, configure_threads
+from ttsn_hf.training_args import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+
+SEED_ALIASES = {
+    "--checkpoint_dir": "--output_dir",
+    "--batch_size": "--per_device_train_batch_size",
+    "--num_workers": "--dataloader_num_workers",
+}
+
+
+@cli_entry
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_args, data_args, schedule_args, training_args = parse_args(
+        (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments), SEED_ALIASES
+    )
+    configure_threads(data_args.num_threads)
+    TrainingRun(model_args, data_args, schedule_args, training_args).run()
+
+
+if __name__ == "__main__":
+    main()

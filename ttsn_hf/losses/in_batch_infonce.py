@@ -1,0 +1,45 @@
+"""In-batch InfoNCE: each positive pair against every other product of the (global) batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .distributed import gather_with_grad, global_mean
+
+
+class InBatchInfoNCELoss(nn.Module):
+    """Cross-entropy of each positive pair's score against all products in the batch, across processes.
+
+    Every product of the batch (other pairs' positives and explicit negatives) is a negative for each query,
+    except the products in that row's ``mask_keys`` (the query's known positives, duplicates of its own product):
+    a false negative is masked out, never pushed away.
+    """
+
+    def __init__(self, temperature: float = 0.05):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(
+        self,
+        query_embeddings: torch.Tensor,
+        product_embeddings: torch.Tensor,
+        targets: torch.Tensor,
+        product_keys: torch.Tensor,
+        mask_keys: torch.Tensor,
+    ) -> torch.Tensor:
+        candidates, real, offset = gather_with_grad(product_embeddings)
+        candidate_keys, _, _ = gather_with_grad(product_keys)
+        anchors = torch.nonzero(targets > 0).squeeze(-1)
+        scores = query_embeddings[anchors] @ candidates.T / self.temperature
+        labels = anchors + offset
+        known = (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
+        known |= candidate_keys[None, :] == product_keys[anchors][:, None]
+        blocked = known | ~real[None, :]
+        blocked[torch.arange(len(anchors), device=scores.device), labels] = False
+        scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+        loss_sum = nn.functional.cross_entropy(scores, labels, reduction="sum")
+        return global_mean(loss_sum, torch.tensor(float(len(anchors)), device=scores.device))
+
+    def get_config_dict(self) -> dict[str, float]:
+        return {"temperature": self.temperature}

@@ -1,0 +1,222 @@
+"""Runs the stage schedule: builds each stage's data, trains it, keeps epoch_N/ and best_model/."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import TrainerCallback
+
+from .atomic import atomic_path, write_text_atomic
+from .collator import TwoTowerCollator, tokenize_pairs
+from .errors import UserInputError
+from .losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
+from .modeling import TwoTowerModel, load_model
+from .schedule import Stage, build_schedule
+from .trainer import TwoTowerTrainer
+from .training_args import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "schedule_state.json"
+
+
+class EpochCheckpointCallback(TrainerCallback):
+    """After each epoch's validation: write ``epoch_N/`` and, on a new lowest validation loss, ``best_model/``."""
+
+    def __init__(self, output_dir: Path, stage: Stage):
+        self.output_dir, self.stage = output_dir, stage
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not state.is_world_process_zero or model is None:
+            return
+        epoch = self.stage.epochs[0] + round(state.epoch) - 1
+        save_model(model, self.output_dir / f"epoch_{epoch}")
+        record = read_state(self.output_dir)
+        record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
+        best = record.get("best")
+        if best is None or metrics["eval_loss"] < best["eval_loss"]:
+            save_model(model, self.output_dir / "best_model")
+            record["best"] = {"epoch": epoch, "eval_loss": metrics["eval_loss"]}
+        write_state(self.output_dir, record)
+
+
+def save_model(model: TwoTowerModel, folder: Path) -> None:
+    with atomic_path(folder) as temporary:
+        model.save_pretrained(temporary)
+
+
+def read_state(output_dir: Path) -> dict:
+    path = output_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else {"epochs": {}, "completed_stages": [], "best": None}
+
+
+def write_state(output_dir: Path, record: dict) -> None:
+    write_text_atomic(output_dir / STATE_FILE, json.dumps(record, indent=2))
+
+
+def configure_threads(num_threads: int) -> None:
+    """``accelerate launch`` gives each CPU process one thread unless told otherwise: use the cores we have."""
+    if num_threads <= 0:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        num_threads = max(1, (os.cpu_count() or 1) // local_processes)
+    torch.set_num_threads(num_threads)
+
+
+class TrainingRun:
+    """The whole schedule (or one stage of it) for one output folder."""
+
+    def __init__(self, model_args, data_args, schedule_args, training_args):
+        self.model_args: ModelArguments = model_args
+        self.data_args: DataArguments = data_args
+        self.schedule_args: ScheduleArguments = schedule_args
+        self.training_args: TwoTowerTrainingArguments = training_args
+        self.output_dir = Path(training_args.output_dir)
+        epochs = tuple(int(n) for n in schedule_args.stage_epochs.split(","))
+        rates = tuple(float(r) for r in schedule_args.stage_learning_rates.split(","))
+        self.schedule = build_schedule(epochs, rates)
+        self.esci, self.prepared = load_training_data(data_args)
+        self.known_positives = known_positives(self.esci.judgements)
+        self.loss = CombinedLoss(
+            WeightedContrastiveLoss(schedule_args.margin),
+            InBatchInfoNCELoss(schedule_args.temperature),
+            schedule_args.contrastive_weight,
+            schedule_args.infonce_weight,
+        )
+
+    def stages_to_run(self) -> list[Stage]:
+        if self.schedule_args.stage == "all":
+            return list(self.schedule)
+        return [self.schedule[int(self.schedule_args.stage) - 1]]
+
+    def run(self) -> dict:
+        completed = read_state(self.output_dir)["completed_stages"]
+        for stage in self.stages_to_run():
+            if stage.number in completed and self.training_args.resume_from_checkpoint:
+                logger.info("stage %d already completed: skipped", stage.number)
+                continue
+            self.train_stage(stage)
+        return read_state(self.output_dir)
+
+    def initial_model(self, stage: Stage) -> TwoTowerModel:
+        if stage.number == 1:
+            return load_model(
+                self.model_args.model_name_or_path,
+                tie_towers=self.model_args.tie_towers,
+                query_max_length=self.model_args.query_max_length,
+                product_max_length=self.model_args.product_max_length,
+            )
+        previous = self.output_dir / f"epoch_{stage.epochs[0] - 1}"
+        if not previous.is_dir():
+            raise UserInputError(f"stage {stage.number} continues from {previous}, which does not exist: run stage "
+                                 f"{stage.number - 1} first, or --stage all")
+        return TwoTowerModel.from_pretrained(previous)
+
+    def stage_data(self, stage: Stage, model: TwoTowerModel) -> datasets.DatasetDict:
+        if stage.number in self.prepared and not (stage.number > 1 and self.data_args.hard_negatives):
+            splits = self.prepared[stage.number]
+        else:
+            from .prepare import build_stage
+
+            negatives = self.hard_negatives(model) if stage.number > 1 else None
+            splits = build_stage(
+                self.esci,
+                stage.number,
+                hard_negatives=negatives,
+                num_random_negatives=self.data_args.num_random_negatives,
+                validation_fraction=self.data_args.validation_fraction,
+                seed=self.training_args.seed,
+            )
+        return splits
+
+    def hard_negatives(self, model: TwoTowerModel):
+        """The mined file given, or the one mined after stage 1 (mined now if missing)."""
+        if self.data_args.hard_negatives:
+            return self.data_args.hard_negatives
+        path = self.output_dir / "hard_negatives_stage2.parquet"
+        if not path.exists():
+            from .mining import mine_to_file
+
+            mine_to_file(
+                model,
+                self.esci,
+                path,
+                num_negatives=self.schedule_args.mining_num_negatives,
+                margin=self.schedule_args.mining_margin,
+                bf16=self.training_args.bf16,
+                seed=self.training_args.seed,
+            )
+        return str(path)
+
+    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel) -> datasets.Dataset:
+        return tokenize_pairs(
+            dataset,
+            model.tokenizer,
+            model.config.query_max_length,
+            model.config.product_max_length,
+            self.known_positives,
+            self.schedule_args.parsed_label_weights(),
+        )
+
+    def train_stage(self, stage: Stage) -> None:
+        model = self.initial_model(stage)
+        splits = self.stage_data(stage, model)
+        validation = self.prepared.get(1, None) or self.stage_data(self.schedule[0], model)
+        args = dataclasses.replace(
+            self.training_args,
+            output_dir=str(self.output_dir / f"stage{stage.number}"),
+            num_train_epochs=len(stage.epochs),
+            learning_rate=stage.learning_rate,
+        )
+        trainer = TwoTowerTrainer(
+            model=model,
+            args=args,
+            train_dataset=self.tokenize(splits["train"], model),
+            eval_dataset=self.tokenize(validation["validation"], model),
+            data_collator=TwoTowerCollator(model.tokenizer),
+            loss=self.loss,
+            callbacks=[EpochCheckpointCallback(self.output_dir, stage)],
+        )
+        trainer.train(resume_from_checkpoint=self.resume_checkpoint(args.output_dir))
+        if trainer.is_world_process_zero():
+            record = read_state(self.output_dir)
+            record["completed_stages"] = sorted(set(record["completed_stages"]) | {stage.number})
+            record.setdefault("loss", self.loss.get_config_dict())
+            write_state(self.output_dir, record)
+        trainer.accelerator.wait_for_everyone()
+
+    def resume_checkpoint(self, stage_dir: str) -> str | bool | None:
+        resume = self.training_args.resume_from_checkpoint
+        if resume in (None, False, "false", "False"):
+            return None
+        if resume in (True, "true", "True"):
+            from transformers.trainer_utils import get_last_checkpoint
+
+            return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
+        return resume
+
+
+def load_training_data(data_args: DataArguments):
+    """(EsciData, {stage: DatasetDict}) from prepared data, or (EsciData, {}) from raw ESCI."""
+    if data_args.data_dir:
+        from .prepare import load_prepared
+
+        return load_prepared(data_args.data_dir)
+    if data_args.esci_dir:
+        from .data import load_esci
+
+        return load_esci(data_args.esci_dir), {}
+    raise UserInputError("give the training data: --esci_dir (ESCI files) or --data_dir (from prepare.py)")
+
+
+def known_positives(judgements: datasets.Dataset) -> dict[str, list[str]]:
+    """query_id -> products judged E, S or C: never a negative of that query in the in-batch loss."""
+    positives: dict[str, list[str]] = {}
+    for row in judgements.select_columns(["query_id", "product_id", "esci_label"]).to_pandas().itertuples():
+        if row.esci_label in ("E", "S", "C"):
+            positives.setdefault(row.query_id, []).append(row.product_id)
+    return positives
