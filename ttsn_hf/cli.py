@@ -20,4 +20,3 @@ def parse_args(dataclass_types: tuple, aliases: dict[str, str] | None = None, ar
 def _rename(arg: str, aliases: dict[str, str]) -> str:
     name, sep, value = arg.partition("=")
     return aliases.get(name, name) + sep + value
-

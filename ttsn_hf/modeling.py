@@ -15,6 +15,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.utils import ModelOutput
 
 from .configuration import TwoTowerConfig
+from .hub import check_model_reachable, ensure_hub_reachable
+from .model_card import write_model_card
 from .sentence_transformers_export import write_sentence_transformers_files
 
 
@@ -160,6 +162,16 @@ class TwoTowerModel(PreTrainedModel):
         self.tokenizer.save_pretrained(save_directory)
         if self.config.tie_towers:
             write_sentence_transformers_files(self, Path(save_directory), kwargs.get("state_dict"))
+        write_model_card(self, Path(save_directory))
+        self._saved_at = str(save_directory)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """``PreTrainedModel.push_to_hub``, failing at once with a clear message while the Hub is unreachable."""
+        saved_at = getattr(self, "_saved_at", None) or (
+            self.name_or_path if is_two_tower_folder(self.name_or_path) else None
+        )
+        ensure_hub_reachable(saved_at)
+        return super().push_to_hub(repo_id, *args, **kwargs)
 
 
 def _encoder_config(config: TwoTowerConfig):
@@ -180,8 +192,6 @@ def is_two_tower_folder(path: str | Path) -> bool:
 
 def load_model(name_or_path: str | None = None, **from_encoder_kwargs) -> TwoTowerModel:
     """A saved two-tower model, or a fresh one around a base encoder (a local folder or a hub id)."""
-    from .hub import check_model_reachable
-
     name_or_path = name_or_path or default_base_model()
     check_model_reachable(name_or_path)
     if is_two_tower_folder(name_or_path):

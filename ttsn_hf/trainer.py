@@ -9,14 +9,11 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from .errors import NonFiniteLossError
 from .losses import CombinedLoss
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
 LOSS_INPUTS = ("targets", "weights", "product_keys", "mask_keys")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops at that step."""
 
 
 class TwoTowerTrainer(Trainer):

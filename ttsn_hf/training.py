@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from transformers import TrainerCallback
 
 from .atomic import atomic_path, write_text_atomic
 from .collator import TwoTowerCollator, tokenize_pairs
-from .errors import UserInputError
+from .errors import HubUnreachableError, UserInputError
+from .hub import ensure_hub_reachable
 from .losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
 from .modeling import TwoTowerModel, load_model
 from .schedule import Stage, build_schedule
@@ -34,7 +36,7 @@ class EpochCheckpointCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not state.is_world_process_zero or model is None:
             return
-        epoch = self.stage.epochs[0] + round(state.epoch) - 1
+        epoch = self.stage.epochs[0] + max(1, math.ceil(state.epoch - 1e-3)) - 1
         save_model(model, self.output_dir / f"epoch_{epoch}")
         record = read_state(self.output_dir)
         record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
@@ -76,6 +78,8 @@ class TrainingRun:
         self.schedule_args: ScheduleArguments = schedule_args
         self.training_args: TwoTowerTrainingArguments = training_args
         self.output_dir = Path(training_args.output_dir)
+        if training_args.push_to_hub:
+            self.warn_if_hub_unreachable()
         epochs = tuple(int(n) for n in schedule_args.stage_epochs.split(","))
         rates = tuple(float(r) for r in schedule_args.stage_learning_rates.split(","))
         self.schedule = build_schedule(epochs, rates)
@@ -100,9 +104,39 @@ class TrainingRun:
                 logger.info("stage %d already completed: skipped", stage.number)
                 continue
             self.train_stage(stage)
+        if self.training_args.push_to_hub and self.training_args.should_save:
+            self.push_best_model()
         return read_state(self.output_dir)
 
+    def warn_if_hub_unreachable(self) -> None:
+        try:
+            ensure_hub_reachable(self.output_dir / "best_model")
+        except HubUnreachableError as error:
+            logger.warning("%s; training goes on, and the push after it will fail", error)
+
+    def push_best_model(self) -> None:
+        best = self.output_dir / "best_model"
+        ensure_hub_reachable(best)
+        repo_id = self.training_args.hub_model_id or self.output_dir.resolve().name
+        model = TwoTowerModel.from_pretrained(best)
+        model.push_to_hub(repo_id, token=self.training_args.hub_token, private=self.training_args.hub_private_repo)
+
+    def training_record(self) -> dict:
+        """What the model card says of the training; kept in the model's config."""
+        source = self.data_args.esci_dir or self.data_args.data_dir
+        return {
+            "data": f"Amazon Shopping Queries (ESCI), from `{Path(source).name}`",
+            "schedule": [dataclasses.asdict(stage) for stage in self.schedule],
+            "loss": self.loss.get_config_dict(),
+            "label_weights": self.schedule_args.parsed_label_weights(),
+        }
+
     def initial_model(self, stage: Stage) -> TwoTowerModel:
+        model = self._load_initial_model(stage)
+        model.config.training = self.training_record()
+        return model
+
+    def _load_initial_model(self, stage: Stage) -> TwoTowerModel:
         if stage.number == 1:
             return load_model(
                 self.model_args.model_name_or_path,
@@ -112,8 +146,10 @@ class TrainingRun:
             )
         previous = self.output_dir / f"epoch_{stage.epochs[0] - 1}"
         if not previous.is_dir():
-            raise UserInputError(f"stage {stage.number} continues from {previous}, which does not exist: run stage "
-                                 f"{stage.number - 1} first, or --stage all")
+            raise UserInputError(
+                f"stage {stage.number} continues from {previous}, which does not exist: run stage "
+                f"{stage.number - 1} first, or --stage all"
+            )
         return TwoTowerModel.from_pretrained(previous)
 
     def stage_data(self, stage: Stage, model: TwoTowerModel) -> datasets.DatasetDict:
@@ -152,6 +188,11 @@ class TrainingRun:
             )
         return str(path)
 
+    def cap(self, dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+        if limit is None or limit >= len(dataset):
+            return dataset
+        return dataset.shuffle(seed=self.training_args.seed).select(range(limit))
+
     def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel) -> datasets.Dataset:
         return tokenize_pairs(
             dataset,
@@ -168,6 +209,7 @@ class TrainingRun:
         validation = self.prepared.get(1, None) or self.stage_data(self.schedule[0], model)
         args = dataclasses.replace(
             self.training_args,
+            push_to_hub=False,  # the best model is pushed once, after the schedule
             output_dir=str(self.output_dir / f"stage{stage.number}"),
             num_train_epochs=len(stage.epochs),
             learning_rate=stage.learning_rate,
@@ -175,8 +217,8 @@ class TrainingRun:
         trainer = TwoTowerTrainer(
             model=model,
             args=args,
-            train_dataset=self.tokenize(splits["train"], model),
-            eval_dataset=self.tokenize(validation["validation"], model),
+            train_dataset=self.tokenize(self.cap(splits["train"], self.data_args.max_train_samples), model),
+            eval_dataset=self.tokenize(self.cap(validation["validation"], self.data_args.max_eval_samples), model),
             data_collator=TwoTowerCollator(model.tokenizer),
             loss=self.loss,
             callbacks=[EpochCheckpointCallback(self.output_dir, stage)],

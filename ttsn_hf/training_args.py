@@ -51,6 +51,8 @@ class DataArguments:
     )
     num_random_negatives: int = field(default=4, metadata={"help": "Random catalogue negatives per query."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap the training pairs (for quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the validation pairs."})
     num_threads: int = field(default=0, metadata={"help": "Torch CPU threads per process; 0: cores / processes."})
 
 

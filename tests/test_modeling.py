@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+
+from ttsn_hf import TwoTowerConfig, TwoTowerModel, default_base_model, load_model
+
+TEXTS = ["usb c cable", "wireless earbuds with a long charging case and noise cancelling", "a", "dog toy"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_encoder_dir):
+    return TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+
+
+def test_building_from_encoder_keeps_its_weights(tiny_encoder_dir, tiny):
+    base = AutoModel.from_pretrained(tiny_encoder_dir).state_dict()
+    ours = tiny.encoder.state_dict()
+    assert base.keys() == ours.keys()
+    for name, tensor in base.items():
+        assert torch.equal(tensor, ours[name]), name
+
+
+def test_encode_is_normalised_float32_in_input_order(tiny):
+    embeddings = tiny.encode_products(TEXTS, batch_size=2)
+    assert embeddings.dtype == np.float32 and embeddings.shape == (4, 32)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    one_by_one = np.stack([tiny.encode_products([text])[0] for text in TEXTS])
+    np.testing.assert_allclose(embeddings, one_by_one, atol=1e-5)
+
+
+def test_bf16_encoding_is_close_to_fp32(tiny):
+    cosine = (tiny.encode_queries(TEXTS, bf16=True) * tiny.encode_queries(TEXTS)).sum(1)
+    assert cosine.min() > 0.99
+
+
+def test_save_and_load_round_trip_in_safetensors(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+    assert any(key.startswith("encoder.") for key in load_file(tmp_path / "model.safetensors"))
+    reloaded = TwoTowerModel.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(reloaded.encode_products(TEXTS), tiny.encode_products(TEXTS))
+    assert isinstance(AutoModel.from_pretrained(tmp_path), TwoTowerModel)
+    assert isinstance(load_model(str(tmp_path)), TwoTowerModel)
+
+
+def test_changed_weights_load_in_sentence_transformers(tiny_encoder_dir, tmp_path):
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.01)
+    model.save_pretrained(tmp_path)
+    ours = model.encode_products(TEXTS)
+    theirs = SentenceTransformer(str(tmp_path)).encode(TEXTS)
+    assert (ours * theirs).sum(1).min() >= 0.9999
+
+
+def test_untied_towers_have_their_own_product_encoder(tiny_encoder_dir, tmp_path):
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir), tie_towers=False)
+    np.testing.assert_allclose(model.encode_queries(TEXTS), model.encode_products(TEXTS), atol=1e-6)
+    with torch.no_grad():
+        model.product_encoder.embeddings.word_embeddings.weight.mul_(1.5)
+    assert not np.allclose(model.encode_queries(TEXTS), model.encode_products(TEXTS), atol=1e-4)
+    model.save_pretrained(tmp_path)
+    reloaded = TwoTowerModel.from_pretrained(tmp_path)
+    assert not reloaded.config.tie_towers
+    np.testing.assert_array_equal(reloaded.encode_products(TEXTS), model.encode_products(TEXTS))
+
+
+def test_config_round_trip():
+    config = TwoTowerConfig(encoder_config={"model_type": "bert", "hidden_size": 384}, query_max_length=16)
+    again = TwoTowerConfig.from_dict(config.to_dict())
+    assert again.query_max_length == 16 and again.embedding_dim == 384 and again.tie_towers
+
+
+def test_untrained_model_equals_all_minilm_in_sentence_transformers(tmp_path):
+    model = TwoTowerModel.from_encoder()
+    reference = SentenceTransformer(default_base_model()).encode(TEXTS, normalize_embeddings=True)
+    assert (model.encode_products(TEXTS) * reference).sum(1).min() >= 0.9999
+    model.save_pretrained(tmp_path)
+    reloaded = SentenceTransformer(str(tmp_path)).encode(TEXTS)
+    assert (reloaded * reference).sum(1).min() >= 0.9999
+    assert reloaded.shape[1] == 384

@@ -1,0 +1,148 @@
+"""train.py end to end on the ESCI sample: tiny random BERT for speed, one run with the real MiniLM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from ttsn_hf import TwoTowerModel
+from ttsn_hf.collator import TwoTowerCollator
+from ttsn_hf.errors import HubUnreachableError, NonFiniteLossError
+from ttsn_hf.trainer import TwoTowerTrainer
+from ttsn_hf.training_args import TwoTowerTrainingArguments
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["usb c cable", "stainless steel water bottle 32 oz", "dog toy"]
+
+
+def run_train(*args, env=None, check=True, **popen):
+    command = [sys.executable, str(REPO / "train.py"), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, **popen)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def quick_args(esci_sample, model, output, *extra):
+    return [
+        "--esci_dir", esci_sample, "--model_name_or_path", model, "--output_dir", output,
+        "--max_train_samples", 96, "--max_eval_samples", 48, "--per_device_train_batch_size", 32,
+        "--stage_epochs", "1,1,1", "--logging_steps", 1, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def minilm_run(esci_sample, tmp_path_factory):
+    output = tmp_path_factory.mktemp("minilm_run")
+    run_train(*quick_args(esci_sample, "", output, "--bf16"))
+    return output
+
+
+def test_all_stages_write_epochs_best_model_and_mined_negatives(minilm_run):
+    for epoch in (1, 2, 3):
+        assert (minilm_run / f"epoch_{epoch}" / "model.safetensors").is_file()
+    assert (minilm_run / "best_model" / "config.json").is_file()
+    assert (minilm_run / "hard_negatives_stage2.parquet").is_file()
+    state = json.loads((minilm_run / "schedule_state.json").read_text())
+    assert state["completed_stages"] == [1, 2, 3]
+    losses = {int(epoch): record["eval_loss"] for epoch, record in state["epochs"].items()}
+    assert state["best"]["eval_loss"] == min(losses.values())
+    assert losses[state["best"]["epoch"]] == state["best"]["eval_loss"]
+
+
+def test_best_model_loads_in_ttsn_and_sentence_transformers_alike(minilm_run):
+    ours = TwoTowerModel.from_pretrained(minilm_run / "best_model").encode_products(TEXTS)
+    theirs = SentenceTransformer(str(minilm_run / "best_model")).encode(TEXTS)
+    assert (ours * theirs).sum(1).min() >= 0.9999
+
+
+def test_training_changed_the_weights(minilm_run):
+    base = TwoTowerModel.from_encoder().encode_products(TEXTS)
+    trained = TwoTowerModel.from_pretrained(minilm_run / "epoch_1").encode_products(TEXTS)
+    assert not np.allclose(base, trained, atol=1e-4)
+
+
+def test_loss_components_are_logged_and_card_is_written(minilm_run):
+    states = list((minilm_run / "stage1").glob("checkpoint-*/trainer_state.json"))
+    history = json.loads(states[0].read_text())["log_history"]
+    assert any("contrastive_loss" in log and "infonce_loss" in log for log in history)
+    assert any("eval_contrastive_loss" in log and "eval_infonce_loss" in log for log in history)
+    card = (minilm_run / "best_model" / "README.md").read_text()
+    assert "hard negatives mined" in card and "temperature" in card and "SentenceTransformer(" in card
+
+
+def test_stage_alone_continues_from_previous_stage(esci_sample, tiny_encoder_dir, tmp_path):
+    result = run_train(*quick_args(esci_sample, tiny_encoder_dir, tmp_path, "--stage", "2"), check=False)
+    assert result.returncode == 2 and "epoch_1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_push_to_hub_offline_fails_fast_with_local_path(esci_sample, tiny_encoder_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = quick_args(
+        esci_sample, tiny_encoder_dir, tmp_path, "--stage", "1", "--push_to_hub", "--hub_model_id", "me/x"
+    )
+    result = run_train(*args, env=env, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "could not reach the Hugging Face Hub" in result.stderr and str(tmp_path / "best_model") in result.stderr
+    assert "Traceback" not in result.stderr
+    model = TwoTowerModel.from_pretrained(tmp_path / "best_model")
+    started = time.monotonic()
+    with pytest.raises(HubUnreachableError, match="saved locally at"):
+        model.push_to_hub("me/x")
+    assert time.monotonic() - started < 10
+
+
+def test_kill_during_stage_1_then_resume_completes(esci_sample, tiny_encoder_dir, tmp_path):
+    args = quick_args(esci_sample, tiny_encoder_dir, tmp_path, "--save_strategy", "steps", "--save_steps", 1)
+    args[args.index("--max_train_samples") + 1] = 320
+    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "stage1").glob("checkpoint-2")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (
+        not (tmp_path / "schedule_state.json").exists()
+        or 1 not in json.loads((tmp_path / "schedule_state.json").read_text())["completed_stages"]
+    )
+    run_train(*args, "--resume_from_checkpoint", "true")
+    state = json.loads((tmp_path / "schedule_state.json").read_text())
+    assert state["completed_stages"] == [1, 2, 3]
+    assert not list(tmp_path.glob(".*.tmp-*")), "a temporary output was left behind"
+    assert TwoTowerModel.from_pretrained(tmp_path / "best_model").encode_products(TEXTS).shape == (3, 32)
+
+
+class NanLoss(torch.nn.Module):
+    def forward(self, query_embeddings, *args):
+        loss = query_embeddings.sum() * float("nan")
+        return {"loss": loss}
+
+
+def test_nan_loss_stops_training_naming_the_step(tiny_encoder_dir, tmp_path):
+    from datasets import Dataset
+
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    rows = {
+        "query_input_ids": [[101, 2000, 102]] * 4,
+        "product_input_ids": [[101, 3000, 3001, 102]] * 4,
+        "target": [1] * 4, "length": [4] * 4, "weight": [1.0] * 4,
+        "product_key": [1, 2, 3, 4], "mask_keys": [[1], [2], [3], [4]],
+    }  # fmt: skip
+    args = TwoTowerTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, eval_strategy="no"
+    )
+    trainer = TwoTowerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict(rows),
+        data_collator=TwoTowerCollator(model.tokenizer), loss=NanLoss(),
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="global step 1"):
+        trainer.train()

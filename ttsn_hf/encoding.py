@@ -1,0 +1,194 @@
+"""Chunked, cached, resumable, process-sharded catalogue encoding.
+
+The catalogue is cut into chunks of ``chunk_size`` products. With a ``cache_dir`` every chunk is saved as its own
+``.npy`` file (atomically) under a folder keyed by the model and the catalogue, so an interrupted run resumes from
+the chunks already there, and a finished run is assembled once into ``embeddings.npy`` that later runs memory-map
+instead of encoding again. Under ``accelerate launch`` chunks are shared round-robin between the processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path, write_text_atomic
+from .errors import UserInputError
+
+EMBEDDINGS_FILE = "embeddings.npy"
+INFO_FILE = "info.json"
+
+
+class ProductEncoder(Protocol):
+    embedding_dim: int
+
+    def encode_products(self, texts: list[str], **kwargs: Any) -> np.ndarray: ...
+
+
+def catalogue_fingerprint(product_ids: Sequence[str], texts: Sequence[str]) -> str:
+    """A sha256 of the catalogue's ids and texts, in order (length-prefixed, so no two catalogues collide)."""
+    digest = hashlib.sha256()
+    for product_id, text in zip(product_ids, texts, strict=True):
+        for value in (str(product_id), str(text)):
+            encoded = value.encode("utf-8")
+            digest.update(len(encoded).to_bytes(8, "little"))
+            digest.update(encoded)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: Any) -> str:
+    """A sha256 of what decides the model's embeddings: its weights (not where they were loaded from) and max lengths.
+
+    Hashing the weights in memory keeps the cache right while training changes them under the same name. Objects
+    without weights (test doubles) may give a ``fingerprint`` attribute; the last resort is ``name_or_path``.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    for attribute in ("query_max_length", "product_max_length"):
+        digest.update(f"{attribute}={getattr(config, attribute, None)}".encode())
+    if hasattr(model, "state_dict"):
+        for name, tensor in sorted(model.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif getattr(model, "fingerprint", None):
+        digest.update(str(model.fingerprint).encode())
+    else:
+        digest.update(str(getattr(model, "name_or_path", "")).encode())
+    return digest.hexdigest()
+
+
+def cache_key(model: Any, product_ids: Sequence[str], texts: Sequence[str], bf16: bool) -> str:
+    precision = "bf16" if bf16 else "fp32"
+    return f"{catalogue_fingerprint(product_ids, texts)[:16]}-{model_fingerprint(model)[:16]}-{precision}"
+
+
+def encode_catalogue(
+    model: ProductEncoder,
+    product_ids: Sequence[str],
+    texts: Sequence[str],
+    cache_dir: str | Path | None = None,
+    chunk_size: int = 50_000,
+    batch_size: int = 256,
+    bf16: bool = False,
+    accelerator: Any = None,
+) -> np.ndarray:
+    """Embed every product text: a float32 ``(n, dim)`` array, row ``i`` for ``product_ids[i]``.
+
+    With ``cache_dir`` the result is a read-only ``np.memmap`` of the cached ``embeddings.npy``; without, an
+    in-memory array. With an ``accelerator`` of N processes, each encodes every N-th chunk; all processes return
+    the same array.
+    """
+    if len(product_ids) != len(texts):
+        raise UserInputError(f"catalogue: {len(product_ids)} product ids but {len(texts)} product texts")
+    if chunk_size < 1:
+        raise UserInputError(f"--chunk_size must be at least 1, got {chunk_size}")
+    if len(product_ids) == 0:
+        return np.empty((0, model.embedding_dim), dtype=np.float32)
+    shard = _Shard(accelerator)
+    bounds = [(start, min(start + chunk_size, len(texts))) for start in range(0, len(texts), chunk_size)]
+    encode = _chunk_encoder(model, texts, batch_size, bf16)
+    if cache_dir is None:
+        return _encode_in_memory(bounds, encode, shard)
+    folder = Path(cache_dir) / cache_key(model, product_ids, texts, bf16)
+    if not (folder / EMBEDDINGS_FILE).is_file():
+        _encode_missing_chunks(folder / f"chunks-{chunk_size}", bounds, encode, shard)
+        shard.wait()
+        if shard.is_main:
+            _assemble(folder, bounds, chunk_size, model, product_ids, bf16)
+        shard.wait()
+    return _load_cached(folder, len(texts))
+
+
+def _chunk_encoder(model: ProductEncoder, texts: Sequence[str], batch_size: int, bf16: bool):
+    def encode(start: int, end: int) -> np.ndarray:
+        embeddings = model.encode_products(list(texts[start:end]), batch_size=batch_size, bf16=bf16)
+        return np.ascontiguousarray(embeddings, dtype=np.float32)
+
+    return encode
+
+
+class _Shard:
+    """This process's place among the ``accelerate`` processes (one process without an accelerator)."""
+
+    def __init__(self, accelerator: Any = None):
+        self.accelerator = accelerator
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.world = accelerator.num_processes if accelerator is not None else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def mine(self, bounds: list[tuple[int, int]]) -> list[int]:
+        return list(range(self.rank, len(bounds), self.world))
+
+    def wait(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+
+
+def _progress(chunks: list[int], shard: _Shard, desc: str):
+    return tqdm(chunks, desc=desc, unit="chunk", disable=not shard.is_main or len(chunks) < 2)
+
+
+def _encode_in_memory(bounds, encode, shard: _Shard) -> np.ndarray:
+    own = {index: encode(*bounds[index]) for index in _progress(shard.mine(bounds), shard, "encode catalogue")}
+    if shard.world > 1:
+        from accelerate.utils import gather_object
+
+        # gather_object concatenates the per-process lists: one (chunk index, array) pair per chunk
+        own = dict(gather_object(list(own.items())))
+    return np.concatenate([own[index] for index in range(len(bounds))])
+
+
+def _encode_missing_chunks(chunks_dir: Path, bounds, encode, shard: _Shard) -> None:
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    missing = [index for index in shard.mine(bounds) if not _chunk_file(chunks_dir, index).is_file()]
+    for index in _progress(missing, shard, "encode catalogue"):
+        with atomic_path(_chunk_file(chunks_dir, index)) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, encode(*bounds[index]))
+
+
+def _chunk_file(chunks_dir: Path, index: int) -> Path:
+    return chunks_dir / f"{index:06d}.npy"
+
+
+def _assemble(folder: Path, bounds, chunk_size: int, model, product_ids, bf16: bool) -> None:
+    chunks_dir = folder / f"chunks-{chunk_size}"
+    first = np.load(_chunk_file(chunks_dir, 0), mmap_mode="r")
+    shape = (bounds[-1][1], first.shape[1])
+    with atomic_path(folder / EMBEDDINGS_FILE) as temporary:
+        output = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
+        for index, (start, end) in enumerate(bounds):
+            output[start:end] = np.load(_chunk_file(chunks_dir, index), mmap_mode="r")
+        output.flush()
+        del output
+    info = {
+        "model_name_or_path": str(getattr(model, "name_or_path", "")),
+        "model_fingerprint": model_fingerprint(model),
+        "count": len(product_ids),
+        "dim": shape[1],
+        "bf16": bf16,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_text_atomic(folder / INFO_FILE, json.dumps(info, indent=2))
+    shutil.rmtree(chunks_dir, ignore_errors=True)
+
+
+def _load_cached(folder: Path, count: int) -> np.ndarray:
+    embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+    if embeddings.shape[0] != count:
+        raise UserInputError(
+            f"{folder / EMBEDDINGS_FILE}: {embeddings.shape[0]} cached embeddings for {count} products; "
+            "delete the folder to encode again"
+        )
+    return embeddings

@@ -1,0 +1,368 @@
+"""Evaluation driver: the model, a baseline encoder, BM25 (and optionally a dense + BM25 hybrid) retrieve over
+the whole catalogue for every query of a split; the report compares them with paired-bootstrap CIs.
+
+Outputs (``output_dir``): ``metrics.json`` (the model's metrics at top level, every system under "systems", the
+differences under "comparisons"), ``per_query.jsonl``, ``results.md`` and ``metrics.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path, write_text_atomic
+from .encoding import encode_catalogue
+from .errors import UserInputError
+from .metrics import evaluate_run, metric_names, paired_bootstrap
+
+Run = dict[str, list[str]]
+Qrels = dict[str, dict[str, str]]
+
+MAIN_SYSTEM = "model"
+METRIC_LABELS = {"recall@10": "Recall@10", "mrr": "MRR", "ndcg@10": "nDCG@10"}
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Two-tower model folder (or base encoder) to evaluate; default: the index's model."},
+    )
+    esci_dir: str | None = field(default=None, metadata={"help": "ESCI data (official layout or plain files)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Prepared data from prepare.py (catalogue/ and judgements/)."}
+    )
+    split: str = field(default="test", metadata={"help": "Which judgements' split to evaluate."})
+    output_dir: str = field(default="eval", metadata={"help": "Where the report is written."})
+    baseline: str = field(
+        default="base",
+        metadata={"help": "Baseline encoder: 'base' (the untrained base encoder), a model path, or 'none'."},
+    )
+    bm25: bool = field(default=True, metadata={"help": "Also evaluate BM25 (bm25s) over the product texts."})
+    hybrid: bool = field(
+        default=False, metadata={"help": "Also evaluate reciprocal-rank fusion (k=60) of the model and BM25."}
+    )
+    index_dir: str | None = field(
+        default=None, metadata={"help": "A saved index from index.py: its product embeddings serve the model."}
+    )
+    batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
+    top_k: int = field(default=100, metadata={"help": "Retrieval depth (MRR is computed within it)."})
+    bootstrap_samples: int = field(default=10000, metadata={"help": "Paired-bootstrap resamples for the CIs."})
+    seed: int = field(default=0, metadata={"help": "Bootstrap seed."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache folder for catalogue embeddings (reused while model and data match)."}
+    )
+
+
+# ---------------------------------------------------------------------------------------------- retrieval
+
+
+def dense_search(query_emb: np.ndarray, product_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search (faiss ``IndexFlatIP``): the rows of the top ``k`` products of each query,
+    best first, and their scores, both of shape (n_queries, min(k, n_products))."""
+    index = faiss.IndexFlatIP(product_emb.shape[1])
+    index.add(np.ascontiguousarray(product_emb, dtype=np.float32))
+    scores, rows = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, index.ntotal))
+    return rows, scores
+
+
+def rows_to_run(query_ids: Sequence[str], rows: np.ndarray, product_ids: Sequence[str]) -> Run:
+    """A run (query_id -> ranked product ids) from search result rows; faiss's -1 padding is dropped."""
+    product_ids = np.asarray(product_ids, dtype=object)
+    return {qid: product_ids[row[row >= 0]].tolist() for qid, row in zip(query_ids, rows, strict=True)}
+
+
+def rrf_fuse(runs: Sequence[Mapping[str, Sequence[str]]], k: int = 60, depth: int | None = None) -> Run:
+    """Reciprocal rank fusion: each product scores sum(1 / (k + rank)) over the runs that retrieve it.
+
+    Ties keep the order of first appearance (runs in the given order), so the result is deterministic.
+    """
+    fused: Run = {}
+    for query_id in dict.fromkeys(qid for run in runs for qid in run):
+        scores: dict[str, float] = {}
+        for run in runs:
+            for rank, product_id in enumerate(run.get(query_id, []), start=1):
+                scores[product_id] = scores.get(product_id, 0.0) + 1.0 / (k + rank)
+        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+        fused[query_id] = ranked[:depth] if depth else ranked
+    return fused
+
+
+def dense_run(
+    model,
+    queries: Mapping[str, str],
+    product_ids: Sequence[str],
+    product_emb: np.ndarray,
+    top_k: int = 100,
+    **encode_kwargs,
+) -> Run:
+    """Encode the queries with ``model`` and retrieve the top ``top_k`` products by inner product."""
+    query_emb = model.encode_queries(list(queries.values()), **encode_kwargs)
+    rows, _ = dense_search(query_emb, product_emb, top_k)
+    return rows_to_run(list(queries), rows, product_ids)
+
+
+def bm25_run(queries: Mapping[str, str], product_ids: Sequence[str], product_texts: Sequence[str], top_k: int):
+    from .bm25 import BM25Retriever
+
+    retriever = BM25Retriever(product_texts, product_ids)
+    ranked, _ = retriever.search(list(queries.values()), top_k)
+    return dict(zip(queries, ranked, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def split_queries(judgements: pd.DataFrame, split: str) -> tuple[dict[str, str], Qrels]:
+    """The queries (query_id -> text) and qrels (query_id -> {product_id: label}) of one split."""
+    for column in ("query_id", "query", "product_id", "esci_label", "split"):
+        if column not in judgements.columns:
+            raise UserInputError(f"judgements have no column {column!r} (columns: {list(judgements.columns)})")
+    rows = judgements[judgements["split"] == split]
+    if rows.empty:
+        raise UserInputError(f"no judgements in split {split!r} (splits: {sorted(judgements['split'].unique())})")
+    rows = rows.astype({"query_id": str, "product_id": str})
+    queries = dict(zip(rows["query_id"], rows["query"].fillna(""), strict=True))
+    qrels: Qrels = {}
+    for query_id, product_id, label in zip(rows["query_id"], rows["product_id"], rows["esci_label"], strict=True):
+        qrels.setdefault(query_id, {})[product_id] = label
+    return queries, qrels
+
+
+def evaluate_systems(
+    runs: Mapping[str, Run],
+    qrels: Qrels,
+    main: str = MAIN_SYSTEM,
+    k: int = 10,
+    depth: int = 100,
+    bootstrap_samples: int = 10000,
+    seed: int = 0,
+    queries: Mapping[str, str] | None = None,
+) -> tuple[dict, list[dict]]:
+    """Score every system's run, and compare ``main`` with each other system (paired bootstrap over queries).
+
+    Returns the metrics dict (the main system's metrics at top level, then "systems" and "comparisons") and the
+    per-query rows of all systems (with the query text when ``queries`` is given).
+    """
+    queries = queries or {}
+    systems, per_query, values = {}, [], {}
+    for system, run in runs.items():
+        summary, rows = evaluate_run(run, qrels, k=k, depth=depth)
+        systems[system] = summary
+        values[system] = {name: np.array([_nan(row[name]) for row in rows]) for name in metric_names(k)}
+        for row in rows:
+            query_id = row["query_id"]
+            per_query.append({"system": system, "query_id": query_id, "query": queries.get(query_id), **row})
+            per_query[-1][f"top{k}"] = run.get(query_id, [])[:k]
+    comparisons = {}
+    for other in (system for system in runs if system != main):
+        comparisons[f"{main} - {other}"] = {
+            name: dict(zip(("difference", "ci_low", "ci_high"), paired_bootstrap(
+                values[main][name], values[other][name], n=bootstrap_samples, seed=seed
+            ), strict=True))
+            for name in metric_names(k)
+        }  # fmt: skip
+    metrics = {
+        **systems.get(main, {}),
+        "systems": systems,
+        "comparisons": comparisons,
+        "bootstrap": {"samples": bootstrap_samples, "seed": seed, "confidence": 0.95},
+    }
+    return metrics, per_query
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def markdown_table(metrics: dict) -> str:
+    """The systems' metrics, then the differences with their 95% CIs, as Markdown tables."""
+    names = [name for name in metric_names() if name in metrics["systems"][next(iter(metrics["systems"]))]]
+    headers = [METRIC_LABELS.get(n, METRIC_LABELS.get(n.removesuffix("_exact"), n) + " (E)") for n in names]
+    lines = [
+        "| system | queries | " + " | ".join(headers) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+    for system, summary in metrics["systems"].items():
+        cells = [f"{summary[name]:.3f}" for name in names]
+        lines.append(f"| {system} | {summary['num_queries']} | " + " | ".join(cells) + " |")
+    if metrics["comparisons"]:
+        lines += ["", "| difference (95% CI) | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(names)]
+        for comparison, by_metric in metrics["comparisons"].items():
+            cells = [_format_difference(by_metric[name]) for name in names]
+            lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format_difference(difference: dict) -> str:
+    return f"{difference['difference']:+.3f} [{difference['ci_low']:+.3f}, {difference['ci_high']:+.3f}]"
+
+
+def plot_metrics(metrics: dict, path: Path) -> None:
+    """Bars of each system's Recall@10 / MRR / nDCG@10, beside a forest plot of the differences with CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, systems = list(METRIC_LABELS), list(metrics["systems"])
+    figure, (bars, forest) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    width = 0.8 / len(systems)
+    for i, system in enumerate(systems):
+        heights = [metrics["systems"][system][name] for name in names]
+        positions = np.arange(len(names)) + (i - (len(systems) - 1) / 2) * width
+        drawn = bars.bar(positions, heights, width, label=system)
+        bars.bar_label(drawn, fmt="%.3f", fontsize=7)
+    bars.set_xticks(np.arange(len(names)), [METRIC_LABELS[name] for name in names])
+    bars.set_ylim(0, 1.05)
+    bars.set_title(f"{metrics.get('split', '')} split, {metrics.get('num_queries', '?')} queries")
+    bars.legend(fontsize=8)
+
+    comparisons = list(metrics["comparisons"])
+    for j, comparison in enumerate(comparisons):
+        for i, name in enumerate(names):
+            d = metrics["comparisons"][comparison][name]
+            y = i * (len(comparisons) + 1) + j
+            error = [[d["difference"] - d["ci_low"]], [d["ci_high"] - d["difference"]]]
+            forest.errorbar(d["difference"], y, xerr=error, fmt="o", capsize=3, color=f"C{j + 1}")
+            forest.annotate(f"{d['difference']:+.3f}", (d["difference"], y), xytext=(0, 5),
+                            textcoords="offset points", ha="center", fontsize=7)  # fmt: skip
+    ticks = [i * (len(comparisons) + 1) + j for i in range(len(names)) for j in range(len(comparisons))]
+    forest.set_yticks(ticks, [f"{METRIC_LABELS[n]}: {c}" for n in names for c in comparisons], fontsize=8)
+    forest.invert_yaxis()
+    forest.axvline(0, color="grey", linewidth=1)
+    forest.set_title("difference, 95% paired-bootstrap CI")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120, format="png")
+    plt.close(figure)
+
+
+def write_report(output_dir: str | Path, metrics: dict, per_query: list[dict]) -> None:
+    """Write metrics.json, per_query.jsonl, results.md and metrics.png into ``output_dir``."""
+    output_dir = Path(output_dir)
+    write_text_atomic(output_dir / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    rows = "".join(json.dumps(_json_safe(row)) + "\n" for row in per_query)
+    write_text_atomic(output_dir / "per_query.jsonl", rows)
+    write_text_atomic(output_dir / "results.md", markdown_table(metrics))
+    with atomic_path(output_dir / "metrics.png") as temporary:
+        plot_metrics(metrics, temporary)
+
+
+def _json_safe(value):
+    """NaN (an undefined mean) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def load_eval_data(args: EvalArguments) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The catalogue (product_id, product_text) and judgements as DataFrames, from --esci_dir or --data_dir."""
+    from .data import load_esci
+
+    if bool(args.esci_dir) == bool(args.data_dir):
+        raise UserInputError("pass exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
+    data = load_esci(args.esci_dir or args.data_dir)
+    catalogue, judgements = data.catalogue.to_pandas(), data.judgements.to_pandas()
+    if catalogue.empty:
+        raise UserInputError(f"{data.source}: the catalogue is empty, nothing to retrieve")
+    return catalogue.astype({"product_id": str}), judgements
+
+
+def _load_encoder(name_or_path: str | None):
+    import torch
+
+    from .modeling import load_model
+
+    model = load_model(name_or_path)
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def _index_run(args: EvalArguments, queries: Mapping[str, str], product_ids: list[str]) -> tuple[Run, str]:
+    """Retrieve with a saved index: only the queries are encoded, with the index's model unless one is given."""
+    from .indexing import load_index, search
+
+    name = args.model_name_or_path or load_index(args.index_dir).manifest.get("model_name_or_path")
+    if not name:
+        raise UserInputError(f"{args.index_dir}: the manifest names no model; pass --model_name_or_path")
+    model = _load_encoder(name)
+    loaded = load_index(args.index_dir, model)
+    if set(loaded.product_ids) != set(product_ids):
+        raise UserInputError(
+            f"{args.index_dir}: the index holds {len(loaded.product_ids)} products, not the {len(product_ids)} of "
+            "the evaluation catalogue; rebuild it with index.py on the same data, or evaluate without --index_dir"
+        )
+    query_emb = model.encode_queries(list(queries.values()), batch_size=args.batch_size, bf16=args.bf16)
+    _, rows = search(loaded.index, query_emb, args.top_k)
+    return rows_to_run(list(queries), rows, loaded.product_ids), name
+
+
+def build_runs(
+    args: EvalArguments, queries: Mapping[str, str], product_ids: list[str], product_texts: list[str]
+) -> tuple[dict[str, Run], dict[str, str]]:
+    """Every system's run over the catalogue ("model" first), and what each system is."""
+    from .modeling import default_base_model
+
+    encode_kwargs = {"batch_size": args.batch_size, "bf16": args.bf16}
+
+    def encoder_run(name: str) -> Run:
+        model = _load_encoder(name)
+        product_emb = encode_catalogue(model, product_ids, product_texts, cache_dir=args.cache_dir, **encode_kwargs)
+        return dense_run(model, queries, product_ids, product_emb, args.top_k, **encode_kwargs)
+
+    runs, names = {}, {}
+    if args.index_dir:
+        runs[MAIN_SYSTEM], names[MAIN_SYSTEM] = _index_run(args, queries, product_ids)
+    else:
+        names[MAIN_SYSTEM] = args.model_name_or_path or default_base_model()
+        runs[MAIN_SYSTEM] = encoder_run(names[MAIN_SYSTEM])
+    if args.baseline.lower() != "none":
+        names["baseline"] = default_base_model() if args.baseline == "base" else args.baseline
+        same_as_model = names["baseline"] == names[MAIN_SYSTEM] and not args.index_dir
+        runs["baseline"] = runs[MAIN_SYSTEM] if same_as_model else encoder_run(names["baseline"])
+    if args.bm25 or args.hybrid:
+        bm25 = bm25_run(queries, product_ids, product_texts, args.top_k)
+    if args.bm25:
+        runs["bm25"], names["bm25"] = bm25, "bm25s (lowercase, English stopwords)"
+    if args.hybrid:
+        runs["hybrid"] = rrf_fuse([runs[MAIN_SYSTEM], bm25], k=60, depth=args.top_k)
+        names["hybrid"] = "reciprocal rank fusion (k=60) of model and bm25"
+    return runs, names
+
+
+def run_evaluation(args: EvalArguments) -> dict:
+    """Evaluate the model against the baseline, BM25 (and the hybrid), write the report, return the metrics."""
+    catalogue, judgements = load_eval_data(args)
+    queries, qrels = split_queries(judgements, args.split)
+    product_ids, product_texts = catalogue["product_id"].tolist(), catalogue["product_text"].fillna("").tolist()
+    runs, names = build_runs(args, queries, product_ids, product_texts)
+    metrics, per_query = evaluate_systems(
+        runs, qrels, depth=args.top_k, bootstrap_samples=args.bootstrap_samples, seed=args.seed, queries=queries
+    )
+    for system, name in names.items():
+        metrics["systems"][system]["name"] = name
+    metrics.update(
+        model_name_or_path=names[MAIN_SYSTEM],
+        split=args.split,
+        catalogue_size=len(product_ids),
+        arguments=asdict(args),
+    )
+    write_report(args.output_dir, metrics, per_query)
+    return metrics

@@ -1,0 +1,245 @@
+"""FAISS index build / save / load / search, with a manifest that ties an index to its model and catalogue.
+
+An index folder holds ``index.faiss``, ``products.parquet`` (``product_id``, ``product_text``, in index order) and
+``manifest.json`` (model, model fingerprint, catalogue fingerprint, dim, count, index factory, creation time).
+Embeddings are L2-normalised, so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import faiss
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path
+from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
+from .errors import UserInputError
+
+INDEX_FILE = "index.faiss"
+PRODUCTS_FILE = "products.parquet"
+MANIFEST_FILE = "manifest.json"
+# Defaults for approximate indexes, set at build time and stored in the index file (faiss keeps them).
+DEFAULT_SEARCH_PARAMETERS = {"efSearch": 128, "nprobe": 32}
+
+
+def build_index(
+    embeddings: np.ndarray,
+    factory: str = "Flat",
+    metric: int = faiss.METRIC_INNER_PRODUCT,
+    chunk_size: int = 100_000,
+    max_train_size: int = 262_144,
+    seed: int = 0,
+) -> faiss.Index:
+    """A FAISS index from ``faiss.index_factory`` ("Flat", "HNSW32", "IVF1024,PQ32", ...), trained if it needs it
+    (on a seeded sample of at most ``max_train_size`` rows), filled chunk by chunk."""
+    count, dim = embeddings.shape
+    try:
+        index = faiss.index_factory(dim, factory, metric)
+    except RuntimeError as error:
+        raise UserInputError(
+            f"--index_factory {factory!r} is not a valid faiss index_factory string: {error}"
+        ) from None
+    if not index.is_trained:
+        _train(index, embeddings, factory, max_train_size, seed)
+    for start in tqdm(range(0, count, chunk_size), desc="add to index", disable=count <= chunk_size):
+        index.add(np.ascontiguousarray(embeddings[start : start + chunk_size], dtype=np.float32))
+    _set_default_search_parameters(index)
+    return index
+
+
+def _train(index: faiss.Index, embeddings: np.ndarray, factory: str, max_train_size: int, seed: int) -> None:
+    count = embeddings.shape[0]
+    rows = np.sort(np.random.default_rng(seed).choice(count, size=min(count, max_train_size), replace=False))
+    try:
+        index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+    except RuntimeError as error:
+        raise UserInputError(
+            f"--index_factory {factory!r} cannot be trained on {count} products ({error}); "
+            "use fewer IVF lists or PQ centroids, or the exact 'Flat' index"
+        ) from None
+
+
+def _set_default_search_parameters(index: faiss.Index) -> None:
+    parameters = faiss.ParameterSpace()
+    for name, value in DEFAULT_SEARCH_PARAMETERS.items():
+        try:
+            parameters.set_index_parameter(index, name, value)
+        except RuntimeError:
+            pass  # the parameter does not apply to this index type
+
+
+def search(index: faiss.Index, query_embeddings: np.ndarray, k: int, chunk_size: int = 4096):
+    """Top-``k`` (scores, row indices) per query, searched ``chunk_size`` queries at a time; -1 pads short rows."""
+    k = min(k, index.ntotal)
+    scores = np.empty((len(query_embeddings), k), dtype=np.float32)
+    rows = np.empty((len(query_embeddings), k), dtype=np.int64)
+    for start in range(0, len(query_embeddings), chunk_size):
+        chunk = np.ascontiguousarray(query_embeddings[start : start + chunk_size], dtype=np.float32)
+        scores[start : start + len(chunk)], rows[start : start + len(chunk)] = index.search(chunk, k)
+    return scores, rows
+
+
+def chunked_knn(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int = 50_000):
+    """Exact inner-product top-``k`` over a corpus read ``chunk_size`` rows at a time (memory: one chunk + results).
+
+    Returns (scores, row indices) sorted by decreasing score."""
+    k = min(k, len(corpus))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start in range(0, len(corpus), chunk_size):
+        chunk = np.ascontiguousarray(corpus[start : start + chunk_size], dtype=np.float32)
+        scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, rows + start)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def make_manifest(model: Any, product_ids: Sequence[str], texts: Sequence[str], index: faiss.Index, factory: str):
+    return {
+        "model_name_or_path": str(getattr(model, "name_or_path", "")),
+        "model_fingerprint": model_fingerprint(model),
+        "catalogue_fingerprint": catalogue_fingerprint(product_ids, texts),
+        "dim": index.d,
+        "count": index.ntotal,
+        "index_factory": factory,
+        "metric": "inner_product",
+        "faiss_version": faiss.__version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def save_index(
+    folder: str | Path,
+    index: faiss.Index,
+    product_ids: Sequence[str],
+    manifest: dict[str, Any],
+    texts: Sequence[str] | None = None,
+) -> Path:
+    """Write the index folder atomically: a reader sees the old folder or the complete new one."""
+    if index.ntotal != len(product_ids):
+        raise ValueError(f"the index holds {index.ntotal} vectors for {len(product_ids)} product ids")
+    products = pd.DataFrame({"product_id": list(map(str, product_ids))})
+    products["product_text"] = list(texts) if texts is not None else ""
+    with atomic_path(folder) as temporary:
+        temporary.mkdir(parents=True)
+        faiss.write_index(index, str(temporary / INDEX_FILE))
+        products.to_parquet(temporary / PRODUCTS_FILE, index=False)
+        (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return Path(folder)
+
+
+@dataclass
+class LoadedIndex:
+    index: faiss.Index
+    product_ids: list[str]
+    texts: list[str]
+    manifest: dict[str, Any]
+
+
+def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
+    """Read an index folder; with a ``model``, check it is the one the index was built with."""
+    folder = Path(folder)
+    for name in (INDEX_FILE, PRODUCTS_FILE, MANIFEST_FILE):
+        if not (folder / name).is_file():
+            raise UserInputError(f"{folder}: not an index folder ({name} is missing); build one with index.py")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    products = pd.read_parquet(folder / PRODUCTS_FILE)
+    if not index.ntotal == len(products) == manifest.get("count"):
+        raise UserInputError(
+            f"{folder}: {index.ntotal} vectors in {INDEX_FILE}, {len(products)} rows in {PRODUCTS_FILE}, "
+            f"count {manifest.get('count')} in {MANIFEST_FILE}; rebuild the index"
+        )
+    if model is not None:
+        check_model_matches(manifest, model, folder)
+    return LoadedIndex(index, products["product_id"].tolist(), products["product_text"].tolist(), manifest)
+
+
+def check_model_matches(manifest: dict[str, Any], model: Any, folder: str | Path) -> None:
+    built_with = f"{manifest.get('model_name_or_path')!r} (fingerprint {str(manifest.get('model_fingerprint'))[:12]})"
+    fingerprint = model_fingerprint(model)
+    given = f"{getattr(model, 'name_or_path', '')!r} (fingerprint {fingerprint[:12]})"
+    if manifest.get("dim") != model.embedding_dim:
+        raise UserInputError(
+            f"{folder}: the index holds {manifest.get('dim')}-dim embeddings of model {built_with}, "
+            f"but model {given} gives {model.embedding_dim}-dim embeddings"
+        )
+    if manifest.get("model_fingerprint") != fingerprint:
+        raise UserInputError(
+            f"{folder}: the index was built with model {built_with}, not with model {given}; "
+            "rebuild the index with this model or search with the model it was built with"
+        )
+
+
+class SearchHit(NamedTuple):
+    product_id: str
+    text: str
+    score: float
+
+
+class ProductSearcher:
+    """Query strings in, top-k products out: ``ProductSearcher.from_folder("index/").search(["usb c cable"])``."""
+
+    def __init__(self, loaded: LoadedIndex, model: Any, batch_size: int = 256, bf16: bool = False):
+        self.loaded = loaded
+        self.model = model
+        self.batch_size = batch_size
+        self.bf16 = bf16
+
+    @classmethod
+    def from_folder(cls, index_dir: str | Path, model: Any = None, **kwargs: Any) -> ProductSearcher:
+        """Load the index and the model (by default the one named in the manifest), checking they match."""
+        if model is None:
+            from .modeling import load_model
+
+            manifest = load_index(index_dir).manifest
+            model = load_model(manifest["model_name_or_path"])
+        return cls(load_index(index_dir, model), model, **kwargs)
+
+    def search(self, queries: Sequence[str], k: int = 10) -> list[list[SearchHit]]:
+        embeddings = self.model.encode_queries(list(queries), batch_size=self.batch_size, bf16=self.bf16)
+        scores, rows = search(self.loaded.index, embeddings, k)
+        ids, texts = self.loaded.product_ids, self.loaded.texts
+        return [
+            [
+                SearchHit(ids[row], texts[row], float(score))
+                for score, row in zip(row_scores, row_ids, strict=True)
+                if row >= 0
+            ]
+            for row_scores, row_ids in zip(scores, rows, strict=True)
+        ]
+
+
+def build_catalogue_index(
+    model: Any,
+    product_ids: Sequence[str],
+    texts: Sequence[str],
+    output_dir: str | Path,
+    factory: str = "Flat",
+    batch_size: int = 256,
+    bf16: bool = False,
+    chunk_size: int = 50_000,
+    cache_dir: str | Path | None = None,
+    accelerator: Any = None,
+) -> Path | None:
+    """Encode the catalogue (sharded across processes, resumable through ``cache_dir``) and write the index folder
+    from the main process. Returns the folder (``None`` on the other processes)."""
+    embeddings = encode_catalogue(
+        model, product_ids, texts, cache_dir, chunk_size, batch_size, bf16, accelerator=accelerator
+    )
+    if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return None
+    index = build_index(embeddings, factory, chunk_size=chunk_size)
+    folder = save_index(output_dir, index, product_ids, make_manifest(model, product_ids, texts, index, factory), texts)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return folder

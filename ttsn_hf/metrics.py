@@ -1,0 +1,133 @@
+"""Retrieval metrics with ESCI graded relevance: Recall@k, MRR, nDCG@k, and paired-bootstrap CIs.
+
+Relevance follows the ESCI labels: a product is relevant when it is Exact or Substitute ("E ∪ S"), and nDCG
+uses the graded gains E 1.0, S 0.1, C 0.01, I 0 (unjudged products count as I). The "_exact" variants count
+Exact products alone. A metric is undefined (``nan``) for a query that has nothing relevant judged, and such
+queries are left out of that metric's mean: no ranking could score on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
+
+ESCI_GAINS: dict[str, float] = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
+EXACT_GAINS: dict[str, float] = {"E": 1.0, "S": 0.0, "C": 0.0, "I": 0.0}
+RELEVANT_LABELS = frozenset({"E", "S"})
+EXACT_LABELS = frozenset({"E"})
+
+
+def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int = 10) -> float:
+    """|relevant ∩ top k| / |relevant|; ``nan`` when nothing is relevant."""
+    if not relevant:
+        return math.nan
+    return len(set(ranked[:k]) & set(relevant)) / len(relevant)
+
+
+def reciprocal_rank(ranked: Sequence[str], relevant: Collection[str], depth: int = 100) -> float:
+    """1 / rank of the first relevant product within the top ``depth`` (0 if none); ``nan`` when nothing is
+    relevant."""
+    if not relevant:
+        return math.nan
+    relevant = set(relevant)
+    for rank, product_id in enumerate(ranked[:depth], start=1):
+        if product_id in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def _dcg(gains: Sequence[float]) -> float:
+    return sum(gain / math.log2(rank + 1) for rank, gain in enumerate(gains, start=1))
+
+
+def ndcg_at_k(ranked: Sequence[str], gains: Mapping[str, float], k: int = 10) -> float:
+    """nDCG@k with linear gains (gain / log2(rank + 1)), the ideal ranking built from ``gains`` (the query's
+    judgements); unjudged products gain 0. ``nan`` when no judged product has a positive gain."""
+    ideal = _dcg(sorted((gain for gain in gains.values() if gain > 0), reverse=True)[:k])
+    if ideal == 0:
+        return math.nan
+    return _dcg([gains.get(product_id, 0.0) for product_id in ranked[:k]]) / ideal
+
+
+def metric_names(k: int = 10) -> list[str]:
+    """The names ``evaluate_run`` reports, graded (E ∪ S) first, then Exact-only."""
+    graded = [f"recall@{k}", "mrr", f"ndcg@{k}"]
+    return graded + [f"{name}_exact" for name in graded]
+
+
+def query_metrics(ranked: Sequence[str], labels: Mapping[str, str], k: int = 10, depth: int = 100) -> dict[str, float]:
+    """All metrics of one query, from its ranking and its judgements (product_id -> E/S/C/I)."""
+    relevant = [pid for pid, label in labels.items() if label in RELEVANT_LABELS]
+    exact = [pid for pid, label in labels.items() if label in EXACT_LABELS]
+    names = metric_names(k)
+    values = [
+        recall_at_k(ranked, relevant, k),
+        reciprocal_rank(ranked, relevant, depth),
+        ndcg_at_k(ranked, {pid: ESCI_GAINS[label] for pid, label in labels.items()}, k),
+        recall_at_k(ranked, exact, k),
+        reciprocal_rank(ranked, exact, depth),
+        ndcg_at_k(ranked, {pid: EXACT_GAINS[label] for pid, label in labels.items()}, k),
+    ]
+    return dict(zip(names, values, strict=True))
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def evaluate_run(
+    run: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, str]],
+    k: int = 10,
+    depth: int = 100,
+) -> tuple[dict[str, float | int], list[dict]]:
+    """Score a ranked run (query_id -> product ids, best first) against ESCI qrels
+    (query_id -> {product_id: label}).
+
+    Every query of ``qrels`` is evaluated (a query missing from the run has an empty ranking). Returns the
+    summary (each metric's mean over the queries where it is defined, ``num_queries``, and how many queries
+    have E ∪ S and E judgements) and one row per query (undefined metrics are ``None``).
+    """
+    names = metric_names(k)
+    per_query = []
+    for query_id, labels in qrels.items():
+        values = query_metrics(list(run.get(query_id, [])), labels, k, depth)
+        row = {"query_id": query_id, **{name: _nan_to_none(values[name]) for name in names}}
+        row["num_relevant"] = sum(label in RELEVANT_LABELS for label in labels.values())
+        row["num_exact"] = sum(label in EXACT_LABELS for label in labels.values())
+        per_query.append(row)
+    summary: dict[str, float | int] = {}
+    for name in names:
+        defined = [row[name] for row in per_query if row[name] is not None]
+        summary[name] = float(np.mean(defined)) if defined else math.nan
+    summary["num_queries"] = len(per_query)
+    summary["num_queries_with_relevant"] = sum(row["num_relevant"] > 0 for row in per_query)
+    summary["num_queries_with_exact"] = sum(row["num_exact"] > 0 for row in per_query)
+    return summary, per_query
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n: int = 10000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired observations (queries) and its percentile-bootstrap confidence interval.
+
+    Queries are resampled with replacement ``n`` times; pairs with a ``nan`` on either side are dropped.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_bootstrap needs arrays of one shape, got {a.shape} and {b.shape}")
+    differences = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    if differences.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = np.empty(n)
+    chunk = max(1, 2**22 // differences.size)  # bounds the index matrix to ~32 MiB
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        samples = rng.integers(0, differences.size, size=(stop - start, differences.size))
+        means[start:stop] = differences[samples].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(differences.mean()), float(low), float(high)
