@@ -84,20 +84,31 @@ def test_stage_alone_continues_from_previous_stage(esci_sample, tiny_encoder_dir
     assert result.returncode == 2 and "epoch_1" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_push_to_hub_offline_fails_fast_with_local_path(esci_sample, tiny_encoder_dir, tmp_path):
+def test_push_offline_fails_fast_with_local_path_and_tensorboard_logs(esci_sample, tiny_encoder_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = quick_args(
         esci_sample, tiny_encoder_dir, tmp_path, "--stage", "1", "--push_to_hub", "--hub_model_id", "me/x"
     )
-    result = run_train(*args, env=env, check=False)
+    result = run_train(*args, "--report_to", "tensorboard", env=env, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "could not reach the Hugging Face Hub" in result.stderr and str(tmp_path / "best_model") in result.stderr
     assert "Traceback" not in result.stderr
+    assert {"train/contrastive_loss", "train/infonce_loss", "eval/contrastive_loss", "eval/loss"} <= scalar_tags(
+        tmp_path / "stage1" / "runs"
+    )
     model = TwoTowerModel.from_pretrained(tmp_path / "best_model")
     started = time.monotonic()
     with pytest.raises(HubUnreachableError, match="saved locally at"):
         model.push_to_hub("me/x")
     assert time.monotonic() - started < 10
+
+
+def scalar_tags(runs: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(next(runs.iterdir())))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
 
 
 def test_kill_during_stage_1_then_resume_completes(esci_sample, tiny_encoder_dir, tmp_path):
@@ -146,3 +157,14 @@ def test_nan_loss_stops_training_naming_the_step(tiny_encoder_dir, tmp_path):
     )  # fmt: skip
     with pytest.raises(NonFiniteLossError, match="global step 1"):
         trainer.train()
+
+
+def test_two_cpu_processes_train_through_accelerate_launch(esci_sample, tiny_encoder_dir, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train.py")]
+    args = quick_args(esci_sample, tiny_encoder_dir, tmp_path, "--stage", "1")
+    result = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "schedule_state.json").read_text())
+    assert state["world_size"] == 2 and state["completed_stages"] == [1]
+    assert TwoTowerModel.from_pretrained(tmp_path / "best_model").encode_queries(TEXTS).shape == (3, 32)

@@ -175,14 +175,18 @@ class TrainingRun:
             return self.data_args.hard_negatives
         path = self.output_dir / "hard_negatives_stage2.parquet"
         if not path.exists():
+            from accelerate import PartialState
+
             from .mining import mine_to_file
 
             mine_to_file(
                 model,
                 self.esci,
                 path,
+                accelerator=PartialState(),
                 num_negatives=self.schedule_args.mining_num_negatives,
-                margin=self.schedule_args.mining_margin,
+                margin=None,
+                relative_margin=self.schedule_args.mining_relative_margin,
                 bf16=self.training_args.bf16,
                 seed=self.training_args.seed,
             )
@@ -228,6 +232,7 @@ class TrainingRun:
             record = read_state(self.output_dir)
             record["completed_stages"] = sorted(set(record["completed_stages"]) | {stage.number})
             record.setdefault("loss", self.loss.get_config_dict())
+            record["world_size"] = args.world_size
             write_state(self.output_dir, record)
         trainer.accelerator.wait_for_everyone()
 

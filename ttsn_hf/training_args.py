@@ -27,8 +27,8 @@ class TwoTowerTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if (self.bf16 or self.bf16_full_eval) and not torch.cuda.is_available():
-            self.use_cpu = True  # bf16 autocast on the CPU
+        if not torch.cuda.is_available():
+            self.use_cpu = True  # bf16 autocast on the CPU; gloo when several CPU processes are launched
         super().__post_init__()
 
 
@@ -67,7 +67,9 @@ class ScheduleArguments:
     infonce_weight: float = field(default=1.0, metadata={"help": "Weight of the in-batch InfoNCE loss."})
     label_weights: str = field(default="E=1.0,S=0.5,C=0.25,I=1.0", metadata={"help": "Pair weight per ESCI label."})
     mining_num_negatives: int = field(default=10, metadata={"help": "Hard negatives mined per query."})
-    mining_margin: float = field(default=0.05, metadata={"help": "Mined negatives score below positives by this."})
+    mining_relative_margin: float = field(
+        default=0.05, metadata={"help": "Mined negatives score below (1 - this) x the positives' score."}
+    )
 
     def parsed_label_weights(self) -> dict[str, float]:
         pairs = (item.split("=") for item in self.label_weights.split(","))
