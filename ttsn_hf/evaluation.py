@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_text_atomic
+from .bm25 import BM25Retriever
 from .encoding import encode_catalogue
 from .errors import UserInputError
 from .metrics import evaluate_run, metric_names, paired_bootstrap
@@ -110,9 +111,26 @@ def dense_run(
     return rows_to_run(list(queries), rows, product_ids)
 
 
-def bm25_run(queries: Mapping[str, str], product_ids: Sequence[str], product_texts: Sequence[str], top_k: int):
-    from .bm25 import BM25Retriever
+def evaluate_model(
+    model,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    product_ids: Sequence[str],
+    product_texts: Sequence[str],
+    top_k: int = 100,
+    batch_size: int = 256,
+    bf16: bool = False,
+) -> tuple[dict, list[dict]]:
+    """Dense retrieval with an in-memory model (e.g. during training) scored on ``qrels``: (summary, per_query)."""
+    product_emb = encode_catalogue(model, product_ids, product_texts, batch_size=batch_size, bf16=bf16)
+    run = dense_run(model, queries, product_ids, product_emb, top_k, batch_size=batch_size, bf16=bf16)
+    return evaluate_run(run, qrels, depth=top_k)
 
+
+def bm25_run(
+    queries: Mapping[str, str], product_ids: Sequence[str], product_texts: Sequence[str], top_k: int = 100
+) -> Run:
+    """BM25 (bm25s, English stopwords) over the product texts."""
     retriever = BM25Retriever(product_texts, product_ids)
     ranked, _ = retriever.search(list(queries.values()), top_k)
     return dict(zip(queries, ranked, strict=True))
@@ -162,14 +180,13 @@ def evaluate_systems(
             query_id = row["query_id"]
             per_query.append({"system": system, "query_id": query_id, "query": queries.get(query_id), **row})
             per_query[-1][f"top{k}"] = run.get(query_id, [])[:k]
-    comparisons = {}
-    for other in (system for system in runs if system != main):
-        comparisons[f"{main} - {other}"] = {
-            name: dict(zip(("difference", "ci_low", "ci_high"), paired_bootstrap(
-                values[main][name], values[other][name], n=bootstrap_samples, seed=seed
-            ), strict=True))
-            for name in metric_names(k)
-        }  # fmt: skip
+    comparisons = {
+        f"{main} - {other}": {
+            name: compare(values[main][name], values[other][name], bootstrap_samples, seed) for name in metric_names(k)
+        }
+        for other in runs
+        if other != main
+    }
     metrics = {
         **systems.get(main, {}),
         "systems": systems,
@@ -177,6 +194,12 @@ def evaluate_systems(
         "bootstrap": {"samples": bootstrap_samples, "seed": seed, "confidence": 0.95},
     }
     return metrics, per_query
+
+
+def compare(a: np.ndarray, b: np.ndarray, bootstrap_samples: int = 10000, seed: int = 0) -> dict[str, float]:
+    """The mean per-query difference ``a - b`` and its 95% paired-bootstrap CI."""
+    difference, low, high = paired_bootstrap(a, b, n=bootstrap_samples, seed=seed)
+    return {"difference": difference, "ci_low": low, "ci_high": high}
 
 
 def _nan(value: float | None) -> float:
@@ -225,24 +248,25 @@ def plot_metrics(metrics: dict, path: Path) -> None:
         drawn = bars.bar(positions, heights, width, label=system)
         bars.bar_label(drawn, fmt="%.3f", fontsize=7)
     bars.set_xticks(np.arange(len(names)), [METRIC_LABELS[name] for name in names])
-    bars.set_ylim(0, 1.05)
+    bars.set_ylim(0, 1.15)
     bars.set_title(f"{metrics.get('split', '')} split, {metrics.get('num_queries', '?')} queries")
-    bars.legend(fontsize=8)
+    bars.legend(fontsize=8, loc="upper center", ncols=len(systems), frameon=False)
 
     comparisons = list(metrics["comparisons"])
     for j, comparison in enumerate(comparisons):
+        color = f"C{systems.index(comparison.split(' - ', 1)[1])}"  # the compared system's bar colour
         for i, name in enumerate(names):
             d = metrics["comparisons"][comparison][name]
             y = i * (len(comparisons) + 1) + j
             error = [[d["difference"] - d["ci_low"]], [d["ci_high"] - d["difference"]]]
-            forest.errorbar(d["difference"], y, xerr=error, fmt="o", capsize=3, color=f"C{j + 1}")
-            forest.annotate(f"{d['difference']:+.3f}", (d["difference"], y), xytext=(0, 5),
-                            textcoords="offset points", ha="center", fontsize=7)  # fmt: skip
+            forest.errorbar(d["difference"], y, xerr=error, fmt="o", capsize=3, color=color)
+            label = f"{d['difference']:+.3f}"
+            forest.annotate(label, (d["difference"], y), xytext=(0, 5), textcoords="offset points", ha="center", size=7)
     ticks = [i * (len(comparisons) + 1) + j for i in range(len(names)) for j in range(len(comparisons))]
     forest.set_yticks(ticks, [f"{METRIC_LABELS[n]}: {c}" for n in names for c in comparisons], fontsize=8)
     forest.invert_yaxis()
     forest.axvline(0, color="grey", linewidth=1)
-    forest.set_title("difference, 95% paired-bootstrap CI")
+    forest.set_title("difference per query, mean and 95% paired-bootstrap CI")
     figure.tight_layout()
     figure.savefig(path, dpi=120, format="png")
     plt.close(figure)

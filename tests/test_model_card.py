@@ -1,0 +1,35 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ttsn_hf import TwoTowerModel
+from ttsn_hf.model_card import EVAL_RESULTS, record_eval_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_card_is_written_with_usage_citation_and_then_metrics(tiny_encoder_dir, tmp_path):
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    model.config.training = {
+        "data": "ESCI sample",
+        "schedule": [{"number": 1, "epochs": [1, 2], "learning_rate": 2e-5, "data": "E+S positives"}],
+        "loss": {"infonce": {"temperature": 0.05}},
+    }
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: sentence-transformers")
+    assert "| 1 | 1, 2 | 2e-05 | E+S positives |" in card and '"temperature": 0.05' in card
+    assert "SentenceTransformer(" in card and "TwoTowerModel.from_pretrained" in card and "arXiv:2206.06588" in card
+    assert "## Evaluation" not in card
+    record_eval_results(tmp_path, {"recall@10": 0.5123, "mrr": 0.9, "ndcg@10": 0.7, "num_queries": 50})
+    card = (tmp_path / "README.md").read_text()
+    assert "## Evaluation" in card and "0.5123" in card and (tmp_path / EVAL_RESULTS).is_file()
+
+
+@pytest.mark.parametrize("script", ["train.py", "prepare.py", "mine.py", "index.py", "eval.py"])
+def test_every_script_help_shows_defaults(script):
+    result = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout and "(default:" in result.stdout
