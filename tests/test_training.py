@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["usb c cable", "stainless steel water bottle 32 oz", "dog toy"]
 
 
-def run_train(*args, env=None, check=True, **popen):
+def run_train(*args, env=None, check=True, cwd=REPO):
     command = [sys.executable, str(REPO / "train.py"), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, **popen)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -168,3 +168,20 @@ def test_two_cpu_processes_train_through_accelerate_launch(esci_sample, tiny_enc
     state = json.loads((tmp_path / "schedule_state.json").read_text())
     assert state["world_size"] == 2 and state["completed_stages"] == [1]
     assert TwoTowerModel.from_pretrained(tmp_path / "best_model").encode_queries(TEXTS).shape == (3, 32)
+
+
+def test_seed_command_trains_on_prepared_data(esci_sample, tiny_encoder_dir, tmp_path):
+    from ttsn_hf.prepare import prepare
+
+    prepare(esci_sample, tmp_path / "data", seed=42)
+    run_train(
+        "--data_dir", tmp_path / "data", "--checkpoint_dir", tmp_path / "checkpoints", "--batch_size", 32,
+        "--num_workers", 0, "--model_name_or_path", tiny_encoder_dir, "--stage", "1", "--stage_epochs", "1,1,1",
+        "--max_train_samples", 64, "--max_eval_samples", 32,
+    )  # fmt: skip
+    assert (tmp_path / "checkpoints" / "epoch_1" / "model.safetensors").is_file()
+
+
+def test_no_training_data_is_a_clear_error(tmp_path):
+    result = run_train("--stage", "1", "--output_dir", tmp_path, check=False, cwd=tmp_path)
+    assert result.returncode == 2 and "--esci_dir" in result.stderr and "Traceback" not in result.stderr

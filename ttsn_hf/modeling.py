@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.utils import ModelOutput
 
 from .configuration import TwoTowerConfig
+from .errors import UserInputError
 from .hub import check_model_reachable, ensure_hub_reachable
 from .model_card import write_model_card
 from .sentence_transformers_export import write_sentence_transformers_files
@@ -196,4 +197,19 @@ def load_model(name_or_path: str | None = None, **from_encoder_kwargs) -> TwoTow
     check_model_reachable(name_or_path)
     if is_two_tower_folder(name_or_path):
         return TwoTowerModel.from_pretrained(name_or_path)
+    check_text_encoder(name_or_path)
     return TwoTowerModel.from_encoder(name_or_path, **from_encoder_kwargs)
+
+
+def check_text_encoder(name_or_path: str) -> None:
+    """A base encoder must be an encoder-only transformer (BERT-like), not a decoder or seq2seq model."""
+    if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
+        raise UserInputError(f"{name_or_path}: no config.json, so not a model folder")
+    config = AutoConfig.from_pretrained(name_or_path)
+    generative = ("CausalLM", "Seq2SeqLM", "ForConditionalGeneration", "LMHeadModel")
+    architectures = config.architectures or []
+    if config.is_encoder_decoder or any(kind in arch for arch in architectures for kind in generative):
+        raise UserInputError(
+            f"{name_or_path}: a {config.model_type} model ({', '.join(architectures) or 'encoder-decoder'}), "
+            "neither a two-tower checkpoint nor an encoder-only base model"
+        )

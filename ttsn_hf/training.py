@@ -153,26 +153,28 @@ class TrainingRun:
         return TwoTowerModel.from_pretrained(previous)
 
     def stage_data(self, stage: Stage, model: TwoTowerModel) -> datasets.DatasetDict:
-        if stage.number in self.prepared and not (stage.number > 1 and self.data_args.hard_negatives):
-            splits = self.prepared[stage.number]
-        else:
-            from .prepare import build_stage
+        """The prepared stage if it is complete (stages 2-3 need mined rows), else built from the ESCI data."""
+        prepared = self.prepared.get(stage.number)
+        if prepared is not None and (stage.number == 1 or "mined" in set(prepared["train"]["source"])):
+            return prepared
+        from .prepare import build_stage
 
-            negatives = self.hard_negatives(model) if stage.number > 1 else None
-            splits = build_stage(
-                self.esci,
-                stage.number,
-                hard_negatives=negatives,
-                num_random_negatives=self.data_args.num_random_negatives,
-                validation_fraction=self.data_args.validation_fraction,
-                seed=self.training_args.seed,
-            )
-        return splits
+        return build_stage(
+            self.esci,
+            stage.number,
+            hard_negatives=self.hard_negatives(model) if stage.number > 1 else None,
+            num_random_negatives=self.data_args.num_random_negatives,
+            validation_fraction=self.data_args.validation_fraction,
+            seed=self.training_args.seed,
+        )
 
     def hard_negatives(self, model: TwoTowerModel):
         """The mined file given, or the one mined after stage 1 (mined now if missing)."""
         if self.data_args.hard_negatives:
             return self.data_args.hard_negatives
+        beside_data = Path(self.data_args.data_dir or "data", "hard_negatives_stage2.parquet")
+        if self.prepared and beside_data.exists():
+            return str(beside_data)
         path = self.output_dir / "hard_negatives_stage2.parquet"
         if not path.exists():
             from accelerate import PartialState
@@ -248,16 +250,20 @@ class TrainingRun:
 
 
 def load_training_data(data_args: DataArguments):
-    """(EsciData, {stage: DatasetDict}) from prepared data, or (EsciData, {}) from raw ESCI."""
-    if data_args.data_dir:
-        from .prepare import load_prepared
-
-        return load_prepared(data_args.data_dir)
+    """(EsciData, {stage: DatasetDict}) from prepared data (``--data_dir``, default ``data/`` if it exists), or
+    (EsciData, {}) from raw ESCI (``--esci_dir``)."""
     if data_args.esci_dir:
         from .data import load_esci
 
         return load_esci(data_args.esci_dir), {}
-    raise UserInputError("give the training data: --esci_dir (ESCI files) or --data_dir (from prepare.py)")
+    data_dir = data_args.data_dir or ("data" if Path("data", "summary.json").exists() else None)
+    if data_dir:
+        from .prepare import load_prepared
+
+        return load_prepared(data_dir)
+    raise UserInputError(
+        "no training data: pass --esci_dir (ESCI files) or --data_dir (from `python prepare.py`; default data/)"
+    )
 
 
 def known_positives(judgements: datasets.Dataset) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ import torch
 from transformers import TrainingArguments
 
 
-@dataclass
+@dataclass(repr=False)  # keep TrainingArguments' repr, which masks tokens
 class TwoTowerTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with defaults for the stage schedule: evaluate and checkpoint every epoch."""
 
