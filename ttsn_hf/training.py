@@ -52,9 +52,13 @@ def save_model(model: TwoTowerModel, folder: Path) -> None:
         model.save_pretrained(temporary)
 
 
+def fresh_state() -> dict:
+    return {"epochs": {}, "completed_stages": [], "best": None}
+
+
 def read_state(output_dir: Path) -> dict:
     path = output_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {"epochs": {}, "completed_stages": [], "best": None}
+    return json.loads(path.read_text()) if path.exists() else fresh_state()
 
 
 def write_state(output_dir: Path, record: dict) -> None:
@@ -98,9 +102,12 @@ class TrainingRun:
         return [self.schedule[int(self.schedule_args.stage) - 1]]
 
     def run(self) -> dict:
+        stages = self.stages_to_run()
+        if stages[0].number == 1 and not self.resume_requested() and self.training_args.should_save:
+            write_state(self.output_dir, fresh_state())  # a new run forgets an earlier run's best
         completed = read_state(self.output_dir)["completed_stages"]
-        for stage in self.stages_to_run():
-            if stage.number in completed and self.training_args.resume_from_checkpoint:
+        for stage in stages:
+            if stage.number in completed and self.resume_requested():
                 logger.info("stage %d already completed: skipped", stage.number)
                 continue
             self.train_stage(stage)
@@ -123,7 +130,7 @@ class TrainingRun:
 
     def training_record(self) -> dict:
         """What the model card says of the training; kept in the model's config."""
-        source = self.data_args.esci_dir or self.data_args.data_dir
+        source = self.data_args.esci_dir or self.data_args.data_dir or "data"
         return {
             "data": f"Amazon Shopping Queries (ESCI), from `{Path(source).name}`",
             "schedule": [dataclasses.asdict(stage) for stage in self.schedule],
@@ -238,9 +245,12 @@ class TrainingRun:
             write_state(self.output_dir, record)
         trainer.accelerator.wait_for_everyone()
 
-    def resume_checkpoint(self, stage_dir: str) -> str | bool | None:
+    def resume_requested(self) -> bool:
+        return self.training_args.resume_from_checkpoint not in (None, False, "false", "False")
+
+    def resume_checkpoint(self, stage_dir: str) -> str | None:
         resume = self.training_args.resume_from_checkpoint
-        if resume in (None, False, "false", "False"):
+        if not self.resume_requested():
             return None
         if resume in (True, "true", "True"):
             from transformers.trainer_utils import get_last_checkpoint
