@@ -33,6 +33,14 @@ class ProductEncoder(Protocol):
     def encode_products(self, texts: list[str], **kwargs: Any) -> np.ndarray: ...
 
 
+def make_accelerator() -> Any:
+    """An ``accelerate.Accelerator`` that shards on CPU-only machines too: there accelerate only starts its gloo
+    process group when asked for the CPU (otherwise each launched process believes it is alone)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def catalogue_fingerprint(product_ids: Sequence[str], texts: Sequence[str]) -> str:
     """A sha256 of the catalogue's ids and texts, in order (length-prefixed, so no two catalogues collide)."""
     digest = hashlib.sha256()
@@ -99,12 +107,13 @@ def encode_catalogue(
     if cache_dir is None:
         return _encode_in_memory(bounds, encode, shard)
     folder = Path(cache_dir) / cache_key(model, product_ids, texts, bf16)
+    # every process passes both barriers, whatever it finds on disk, so none can wait for the others forever
     if not (folder / EMBEDDINGS_FILE).is_file():
         _encode_missing_chunks(folder / f"chunks-{chunk_size}", bounds, encode, shard)
-        shard.wait()
-        if shard.is_main:
-            _assemble(folder, bounds, chunk_size, model, product_ids, bf16)
-        shard.wait()
+    shard.wait()
+    if shard.is_main and not (folder / EMBEDDINGS_FILE).is_file():
+        _assemble(folder, bounds, chunk_size, model, product_ids, bf16)
+    shard.wait()
     return _load_cached(folder, len(texts))
 
 

@@ -150,7 +150,7 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
     for name in (INDEX_FILE, PRODUCTS_FILE, MANIFEST_FILE):
         if not (folder / name).is_file():
             raise UserInputError(f"{folder}: not an index folder ({name} is missing); build one with index.py")
-    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_manifest(folder)
     index = faiss.read_index(str(folder / INDEX_FILE))
     products = pd.read_parquet(folder / PRODUCTS_FILE)
     if not index.ntotal == len(products) == manifest.get("count"):
@@ -161,6 +161,16 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
     if model is not None:
         check_model_matches(manifest, model, folder)
     return LoadedIndex(index, products["product_id"].tolist(), products["product_text"].tolist(), manifest)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise UserInputError(f"{folder}: not an index folder ({MANIFEST_FILE} is missing); build one with index.py")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path}: not valid JSON ({error}); rebuild the index") from None
 
 
 def check_model_matches(manifest: dict[str, Any], model: Any, folder: str | Path) -> None:
@@ -200,8 +210,7 @@ class ProductSearcher:
         if model is None:
             from .modeling import load_model
 
-            manifest = load_index(index_dir).manifest
-            model = load_model(manifest["model_name_or_path"])
+            model = load_model(read_manifest(index_dir)["model_name_or_path"])
         return cls(load_index(index_dir, model), model, **kwargs)
 
     def search(self, queries: Sequence[str], k: int = 10) -> list[list[SearchHit]]:

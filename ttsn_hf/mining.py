@@ -2,8 +2,9 @@
 
 For each training query the catalogue is searched with the model's embeddings, and a candidate is kept when
 
-- it was never judged E, S or C for that query (``excluded_labels``; products judged I are true negatives and may
-  be kept);
+- it was never judged for that query (``excluded_labels``, default E/S/C/I): E/S/C would be false negatives, and
+  products judged I are already negatives of every stage (``prepare`` drops them from the mined file), so mining
+  them would only waste slots;
 - it scores below the query's positive score by a margin, the guard against unjudged false negatives of
   sentence-transformers' ``mine_hard_negatives`` and NV-Retriever (arXiv:2407.15831): with an absolute ``margin``,
   ``score <= positive_score - margin``; with a ``relative_margin``, ``score <= positive_score -
@@ -117,7 +118,7 @@ def mine_hard_negatives(
     seed: int = 42,
     accelerator: Any = None,
     positive_labels: Sequence[str] = ("E", "S"),
-    excluded_labels: Sequence[str] = ("E", "S", "C"),
+    excluded_labels: Sequence[str] = ("E", "S", "C", "I"),
     positive_reference: Literal["mean", "min"] = "mean",
 ) -> pd.DataFrame:
     """Mine hard negatives for the training queries of ``source`` (see ``load_mining_input``) with ``model``.

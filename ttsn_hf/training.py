@@ -197,6 +197,7 @@ class TrainingRun:
                 margin=None,
                 relative_margin=self.schedule_args.mining_relative_margin,
                 bf16=self.training_args.bf16,
+                cache_dir=self.output_dir / "embedding_cache",
                 seed=self.training_args.seed,
             )
         return str(path)
