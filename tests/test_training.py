@@ -185,3 +185,14 @@ def test_seed_command_trains_on_prepared_data(esci_sample, tiny_encoder_dir, tmp
 def test_no_training_data_is_a_clear_error(tmp_path):
     result = run_train("--stage", "1", "--output_dir", tmp_path, check=False, cwd=tmp_path)
     assert result.returncode == 2 and "--esci_dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_skips_and_removes_a_checkpoint_cut_short(tmp_path):
+    from ttsn_hf.training import last_complete_checkpoint
+
+    for step in (5, 10, 15):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path, remove_incomplete=True) == str(tmp_path / "checkpoint-10")
+    assert not (tmp_path / "checkpoint-15").exists() and (tmp_path / "checkpoint-5").exists()

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 
 import datasets
@@ -254,10 +255,21 @@ class TrainingRun:
         if not self.resume_requested():
             return None
         if resume in (True, "true", "True"):
-            from transformers.trainer_utils import get_last_checkpoint
-
-            return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
+            return last_complete_checkpoint(Path(stage_dir), remove_incomplete=self.training_args.should_save)
         return resume
+
+
+def last_complete_checkpoint(stage_dir: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest ``checkpoint-N`` whose save finished (Trainer writes ``trainer_state.json`` last); a checkpoint
+    cut short by a crash is skipped, and removed when ``remove_incomplete``."""
+    checkpoints = sorted(stage_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    for checkpoint in reversed(checkpoints):
+        if (checkpoint / "trainer_state.json").is_file():
+            return str(checkpoint)
+        if remove_incomplete:
+            logger.warning("%s was cut short (no trainer_state.json): removed", checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def load_training_data(data_args: DataArguments):
