@@ -1,0 +1,269 @@
+"""Retrieval-quality study: K-fold cross-validation by query over the labelled queries of an ESCI folder.
+
+Each fold's queries become the "test" split of a fold copy of the data (official layout, under --work_dir); the
+others are "train". A config (overrides of train.py's dataclasses) is trained on each fold with the library's own
+`TrainingRun`, then its models are scored on the fold's queries over the whole catalogue and compared, paired per
+query, with the zero-shot base model on the same queries. Results accumulate in --output (one entry per config).
+
+    nice -n 10 .venv/bin/python bench/quality_study.py --configs default temperature_0.1 --folds 2
+    .venv/bin/python bench/quality_study.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchlib import RESULTS, SAMPLE_DIR, load_now, machine  # noqa: E402
+
+from ttsn_hf.atomic import write_text_atomic  # noqa: E402
+from ttsn_hf.data import load_esci  # noqa: E402
+from ttsn_hf.encoding import encode_catalogue  # noqa: E402
+from ttsn_hf.evaluation import bm25_run, dense_run, rrf_fuse, split_queries  # noqa: E402
+from ttsn_hf.metrics import evaluate_run, paired_bootstrap  # noqa: E402
+from ttsn_hf.modeling import load_model  # noqa: E402
+
+EXAMPLES = "shopping_queries_dataset_examples.parquet"
+PRODUCTS = "shopping_queries_dataset_products.parquet"
+METRICS = ("recall@10", "mrr", "ndcg@10")
+SCREEN = {"schedule": {"stage": "1"}}  # stage 1 alone, with the default stage-1 epochs and rate
+
+# name -> overrides per dataclass ("model", "data", "schedule", "training"); "screen" runs stage 1 only
+CONFIGS: dict[str, dict] = {
+    "default": {},
+    "screen_default": SCREEN,
+    "screen_temperature_0.02": {"schedule": {"stage": "1", "temperature": 0.02}},
+    "screen_temperature_0.1": {"schedule": {"stage": "1", "temperature": 0.1}},
+    "screen_infonce_only": {"schedule": {"stage": "1", "contrastive_weight": 0.0}},
+    "screen_contrastive_only": {"schedule": {"stage": "1", "infonce_weight": 0.0}},
+    "screen_lr_5e-5": {"schedule": {"stage": "1", "stage_learning_rates": "5e-5,2e-5,2e-6"}},
+    "screen_epochs_1": {"schedule": {"stage": "1", "stage_epochs": "1,1,2"}},
+    "screen_random_negatives_0": {"schedule": {"stage": "1"}, "data": {"num_random_negatives": 0}},
+    "screen_random_negatives_16": {"schedule": {"stage": "1"}, "data": {"num_random_negatives": 16}},
+    "screen_label_weights_S1": {"schedule": {"stage": "1", "label_weights": "E=1.0,S=1.0,C=0.25,I=1.0"}},
+    "screen_margin_0.3": {"schedule": {"stage": "1", "margin": 0.3}},
+    "screen_batch_128": {"schedule": {"stage": "1"}, "training": {"per_device_train_batch_size": 128}},
+    "screen_product_max_length_64": {"schedule": {"stage": "1"}, "model": {"product_max_length": 64}},
+    "mining_20": {"schedule": {"mining_num_negatives": 20}},
+    "mining_margin_0.1": {"schedule": {"mining_relative_margin": 0.1}},
+    "stage3_lr_2e-5": {"schedule": {"stage_learning_rates": "2e-5,2e-5,2e-5"}},
+    "epochs_1_1_1": {"schedule": {"stage_epochs": "1,1,1"}},
+}
+
+
+# ------------------------------------------------------------------------------------------------ folds
+
+
+def fold_queries(examples: pd.DataFrame, folds: int, seed: int) -> list[list[str]]:
+    """The labelled queries, shuffled with ``seed`` and dealt into ``folds`` groups."""
+    queries = np.array(sorted(examples["query_id"].astype(str).unique()), dtype=object)
+    order = np.random.default_rng(seed).permutation(len(queries))
+    return [sorted(queries[order[i::folds]].tolist()) for i in range(folds)]
+
+
+def write_fold(examples: pd.DataFrame, held_out: list[str], folder: Path, esci_dir: Path) -> Path:
+    """A copy of the data in the official layout where ``held_out`` is "test" and every other query "train"."""
+    folder.mkdir(parents=True, exist_ok=True)
+    split = np.where(examples["query_id"].astype(str).isin(set(held_out)), "test", "train")
+    examples.assign(split=split).to_parquet(folder / EXAMPLES, index=False)
+    if not (folder / PRODUCTS).exists():
+        (folder / PRODUCTS).symlink_to((esci_dir / PRODUCTS).resolve())
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def train_config(overrides: dict, fold_dir: Path, output_dir: Path, seed: int) -> dict:
+    """Train one config on one fold in-process (what ``train.py`` does), return the schedule state."""
+    from ttsn_hf.training import TrainingRun, configure_threads
+    from ttsn_hf.training_args import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+
+    data = DataArguments(esci_dir=str(fold_dir), **overrides.get("data", {}))
+    training = TwoTowerTrainingArguments(
+        output_dir=str(output_dir),
+        bf16=True,
+        seed=seed,
+        disable_tqdm=True,
+        logging_steps=50,
+        **overrides.get("training", {}),
+    )
+    configure_threads(data.num_threads)
+    run = TrainingRun(
+        ModelArguments(**overrides.get("model", {})), data, ScheduleArguments(**overrides.get("schedule", {})), training
+    )
+    return run.run()
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+class Scorer:
+    """Scores models on given queries over the whole catalogue (the catalogue encoded once per model)."""
+
+    def __init__(self, esci_dir: Path, text_template: str | None = None):
+        options = {"text_template": text_template} if text_template else {}
+        esci = load_esci(esci_dir, **options)
+        self.catalogue = esci.catalogue.to_pandas().astype({"product_id": str})
+        self.judgements = esci.judgements.to_pandas().assign(split="all")
+        self.queries, self.qrels = split_queries(self.judgements, "all")
+        self.product_ids = self.catalogue["product_id"].tolist()
+        self.texts = self.catalogue["product_text"].fillna("").tolist()
+        self._bm25 = None
+
+    def run(self, model_path: str | None, query_ids: list[str]) -> dict[str, list[str]]:
+        model = load_model(model_path)
+        product_emb = encode_catalogue(model, self.product_ids, self.texts, batch_size=256, bf16=True)
+        queries = {qid: self.queries[qid] for qid in query_ids}
+        return dense_run(model, queries, self.product_ids, product_emb, 100, batch_size=256, bf16=True)
+
+    def bm25(self) -> dict[str, list[str]]:
+        if self._bm25 is None:
+            self._bm25 = bm25_run(self.queries, self.product_ids, self.texts, 100)
+        return self._bm25
+
+    def per_query(self, run: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+        qrels = {qid: self.qrels[qid] for qid in run}
+        _, rows = evaluate_run(run, qrels)
+        return {row["query_id"]: {name: row[name] for name in METRICS} for row in rows}
+
+
+def summarise(per_query: dict[str, dict], reference: dict[str, dict]) -> dict:
+    """Means of ``per_query`` and the paired difference (95% bootstrap CI) with ``reference`` on the same queries."""
+    query_ids = sorted(per_query)
+    summary = {"num_queries": len(query_ids)}
+    for name in METRICS:
+        ours = np.array([np.nan if per_query[q][name] is None else per_query[q][name] for q in query_ids])
+        base = np.array([np.nan if reference[q][name] is None else reference[q][name] for q in query_ids])
+        difference, low, high = paired_bootstrap(ours, base, n=5000, seed=0)
+        summary[name] = float(np.nanmean(ours))
+        summary[f"{name}_zero_shot"] = float(np.nanmean(base))
+        summary[f"{name}_ratio"] = float(np.nanmean(ours) / np.nanmean(base))
+        summary[f"{name}_diff"] = {"difference": difference, "ci_low": low, "ci_high": high}
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"configs": {}}
+
+
+def save_results(path: Path, results: dict) -> None:
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+
+
+def zero_shot(scorer: Scorer, results: dict, path: Path) -> dict[str, dict]:
+    if "zero_shot_per_query" not in results:
+        results["zero_shot_per_query"] = scorer.per_query(scorer.run(None, list(scorer.queries)))
+        results["bm25_per_query"] = scorer.per_query(scorer.bm25())
+        save_results(path, results)
+    return results["zero_shot_per_query"]
+
+
+def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], results: dict) -> dict:
+    overrides = CONFIGS[name]
+    examples = pd.read_parquet(args.esci_dir / EXAMPLES)
+    per_query: dict[str, dict[str, dict]] = {"final": {}, "best": {}, "hybrid_final": {}}
+    timings, best_epochs = [], []
+    for index, held_out in enumerate(folds):
+        fold_dir = write_fold(
+            examples, held_out, args.work_dir / f"data_k{len(folds)}_s{args.seed}_fold{index}", args.esci_dir
+        )
+        output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_fold{index}"
+        shutil.rmtree(output_dir, ignore_errors=True)
+        started = time.perf_counter()
+        state = train_config(overrides, fold_dir, output_dir, args.seed)
+        timings.append(round(time.perf_counter() - started, 1))
+        last_epoch = max(int(epoch) for epoch in state["epochs"])
+        best_epochs.append({"best": state["best"]["epoch"], "last": last_epoch})
+        final_run = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
+        per_query["final"].update(scorer.per_query(final_run))
+        bm25 = {qid: scorer.bm25()[qid] for qid in held_out}
+        per_query["hybrid_final"].update(scorer.per_query(rrf_fuse([final_run, bm25], k=60, depth=100)))
+        if state["best"]["epoch"] != last_epoch:
+            per_query["best"].update(scorer.per_query(scorer.run(str(output_dir / "best_model"), held_out)))
+        else:
+            per_query["best"].update({qid: per_query["final"][qid] for qid in held_out})
+        logging.info("%s fold %d: %.0f s, best epoch %s", name, index, timings[-1], best_epochs[-1])
+        if not args.keep_models:
+            shutil.rmtree(output_dir, ignore_errors=True)
+    reference = results["zero_shot_per_query"]
+    return {
+        "overrides": overrides,
+        "folds": len(folds),
+        "seed": args.seed,
+        "train_seconds_per_fold": timings,
+        "epochs": best_epochs,
+        "last_epoch": summarise(per_query["final"], reference),
+        "best_model": summarise(per_query["best"], reference),
+        "hybrid_last_epoch": summarise(per_query["hybrid_final"], reference),
+        "load_average": load_now(),
+        "per_query_last_epoch": per_query["final"],
+    }
+
+
+def print_table(results: dict) -> None:
+    print("| config | folds | R@10 | MRR | nDCG@10 | R@10 / zero-shot | ΔR@10 (95% CI) | best-model R@10 | s/fold |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    for name, entry in results["configs"].items():
+        last, best = entry["last_epoch"], entry["best_model"]
+        diff = last["recall@10_diff"]
+        print(
+            f"| {name} | {entry['folds']} | {last['recall@10']:.3f} | {last['mrr']:.3f} | {last['ndcg@10']:.3f} | "
+            f"{last['recall@10_ratio']:.3f} | {diff['difference']:+.3f} "
+            f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | "
+            f"{best['recall@10']:.3f} | {np.mean(entry['train_seconds_per_fold']):.0f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="*", default=["default"], help=f"among {list(CONFIGS)}")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--esci_dir", type=Path, default=SAMPLE_DIR)
+    parser.add_argument("--work_dir", type=Path, default=Path("/tmp/quality_study"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "quality_cv.json")
+    parser.add_argument("--keep_models", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--list", action="store_true", help="print the configs and exit")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("transformers", "datasets", "ttsn_hf"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.list:
+        print("\n".join(f"{name}: {json.dumps(overrides)}" for name, overrides in CONFIGS.items()))
+        return
+    unknown = [name for name in args.configs if name not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; see --list")
+    results = load_results(args.output)
+    if args.table:
+        print_table(results)
+        return
+    results.setdefault("machine", machine("cpu"))
+    scorer = Scorer(args.esci_dir)
+    zero_shot(scorer, results, args.output)
+    folds = fold_queries(pd.read_parquet(args.esci_dir / EXAMPLES), args.folds, args.seed)
+    for name in args.configs:
+        results["configs"][name] = study_config(name, args, scorer, folds, results)
+        save_results(args.output, results)
+        print_table({"configs": {name: results["configs"][name]}})
+
+
+if __name__ == "__main__":
+    main()
