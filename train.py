@@ -1,6 +1,6 @@
 """Train the two-tower model through the three-stage schedule.
 
-    accelerate launch --config_file accelerate_config.yaml train.py --esci_dir ../shared/data/esci-us-sample
+accelerate launch --config_file accelerate_config.yaml train.py --esci_dir ../shared/data/esci-us-sample
 """
 
 import logging
