@@ -56,6 +56,8 @@ CONFIGS: dict[str, dict] = {
     "screen_margin_0.3": {"schedule": {"stage": "1", "margin": 0.3}},
     "screen_batch_128": {"schedule": {"stage": "1"}, "training": {"per_device_train_batch_size": 128}},
     "screen_product_max_length_64": {"schedule": {"stage": "1"}, "model": {"product_max_length": 64}},
+    "screen_pseudo_queries_2000": {"schedule": {"stage": "1"}, "data": {"pseudo_queries": 2000}},
+    "screen_pseudo_queries_6000": {"schedule": {"stage": "1"}, "data": {"pseudo_queries": 6000}},
     "mining_20": {"schedule": {"mining_num_negatives": 20}},
     "mining_margin_0.1": {"schedule": {"mining_relative_margin": 0.1}},
     "stage3_lr_2e-5": {"schedule": {"stage_learning_rates": "2e-5,2e-5,2e-5"}},

@@ -359,3 +359,21 @@ def test_cli_bad_input_exits_2_and_leaves_output_alone(kind, message, raw, tmp_p
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert [path.name for path in output.iterdir()] == ["keep.txt"]
+
+
+def test_pseudo_queries_are_title_spans_added_to_training_only(esci_sample):
+    from ttsn_hf.data import load_esci
+
+    esci = load_esci(esci_sample)
+    plain = build_stage(esci, 1)
+    adapted = build_stage(esci, 1, pseudo_queries=500)
+    again = build_stage(esci, 1, pseudo_queries=500)
+    train = adapted["train"].to_pandas()
+    pseudo = train[train["source"] == "pseudo"]
+    assert len(train) == len(plain["train"]) + len(pseudo) and 450 <= len(pseudo) <= 500
+    assert adapted["validation"].to_pandas().equals(plain["validation"].to_pandas())
+    assert (pseudo["target"] == 1).all() and pseudo["product_id"].is_unique
+    for query, text in zip(pseudo["query"], pseudo["product_text"], strict=True):
+        assert 2 <= len(query.split()) <= 5 or len(query.split()) == len(text.split()), (query, text)
+        assert all(word in text.lower() for word in query.split()), (query, text)
+    assert again["train"].to_pandas().equals(train)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import zlib
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 STAGES = (1, 2, 3)
 POSITIVE_LABELS = {1: ("E", "S"), 2: ("E", "S"), 3: ("E", "S", "C")}
 NEGATIVE_LABELS = ("I",)
-SOURCES = ("judged", "random", "mined")
+SOURCES = ("judged", "random", "mined", "pseudo")
 STAGE_FEATURES = datasets.Features(
     {
         "query_id": datasets.Value("string"),
@@ -238,10 +239,12 @@ def build_stage(
     hard_negatives_per_query: int | None = DEFAULT_HARD_NEGATIVES_PER_QUERY,
     validation_fraction: float = 0.1,
     seed: int = 42,
+    pseudo_queries: int = 0,
 ) -> datasets.DatasetDict:
     """Stage ``stage`` (1, 2 or 3) as a DatasetDict {train, validation}, held out by query.
 
-    Stage 3 uses ``hard_negatives`` when given; stage 2 needs them.
+    Stage 3 uses ``hard_negatives`` when given; stage 2 needs them. ``pseudo_queries`` adds that many
+    (pseudo-query, product) positives made from catalogue titles to the training split.
     """
     _check_options((stage,), hard_negatives, num_random_negatives)
     mined = None
@@ -250,7 +253,44 @@ def build_stage(
     judgements, catalogue = esci.judgements.to_pandas(), esci.catalogue.to_pandas()
     train_queries, validation_queries = split_queries(judgements, validation_fraction, seed)
     query_splits = {"train": train_queries, "validation": validation_queries}
-    return _stage_dataset_dict(judgements, catalogue, stage, query_splits, mined, num_random_negatives, seed)
+    splits = _stage_dataset_dict(judgements, catalogue, stage, query_splits, mined, num_random_negatives, seed)
+    if pseudo_queries:
+        pseudo = pseudo_query_pairs(catalogue, pseudo_queries, stage, seed)
+        splits["train"] = datasets.concatenate_datasets([splits["train"], pseudo])
+    return splits
+
+
+def pseudo_query(title: str, rng: np.random.Generator) -> str:
+    """A query-like span of a product title: 2 to 5 words from its first 12, lower-cased."""
+    words = [word for word in _WORD.findall(title.lower())][:12]
+    length = int(rng.integers(2, 6))
+    start = int(rng.integers(0, max(1, len(words) - length + 1)))
+    return " ".join(words[start : start + length])
+
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9'.+-]*")
+
+
+def pseudo_query_pairs(catalogue: pd.DataFrame, count: int, stage: int, seed: int) -> datasets.Dataset:
+    """(pseudo-query, product) positives for ``count`` catalogue products: domain adaptation on the catalogue
+    (no labels used), so the in-batch loss also learns to tell the catalogue's own products apart."""
+    rng = np.random.default_rng([seed, 7])
+    picked = catalogue.iloc[np.sort(rng.choice(len(catalogue), size=min(count, len(catalogue)), replace=False))]
+    queries = [pseudo_query(text, rng) for text in picked["product_text"]]
+    rows = pd.DataFrame(
+        {
+            "query_id": "pseudo:" + picked["product_id"],
+            "query": queries,
+            "product_id": picked["product_id"],
+            "product_text": picked["product_text"],
+            "esci_label": "",
+            "target": 1,
+            "source": "pseudo",
+            "stage": stage,
+        }
+    )
+    rows = rows[rows["query"].str.len() > 0]
+    return datasets.Dataset.from_pandas(rows[list(STAGE_FEATURES)], features=STAGE_FEATURES, preserve_index=False)
 
 
 # ---------------------------------------------------------------- summary and writing

@@ -174,6 +174,7 @@ class TrainingRun:
             num_random_negatives=self.data_args.num_random_negatives,
             validation_fraction=self.data_args.validation_fraction,
             seed=self.training_args.seed,
+            pseudo_queries=self.data_args.pseudo_queries,
         )
 
     def hard_negatives(self, model: TwoTowerModel):

@@ -50,6 +50,9 @@ class DataArguments:
         default=None, metadata={"help": "Mined negatives (parquet); default: mined after stage 1."}
     )
     num_random_negatives: int = field(default=4, metadata={"help": "Random catalogue negatives per query."})
+    pseudo_queries: int = field(
+        default=0, metadata={"help": "Catalogue products given a pseudo-query from their title (domain adaptation)."}
+    )
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap the training pairs (for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the validation pairs."})
