@@ -3,7 +3,7 @@
 Build (index.faiss, products.parquet and manifest.json in --output_dir):
 
     python index.py --model_name_or_path checkpoints/best_model --esci_dir ../shared/data/esci-us-sample \
-        --output_dir index/ [--index_factory Flat | HNSW32 | IVF1024,PQ32]
+        --output_dir index/ [--index_factory Flat | HNSW32 | IVF1024,PQ32np]
     accelerate launch --multi_gpu --num_processes 2 index.py ...   # processes share the encoding
 
 Search (any --query switches to search mode; the model is the manifest's unless --model_name_or_path is given):
@@ -28,7 +28,13 @@ class IndexArguments:
     esci_dir: str | None = field(default=None, metadata={"help": "ESCI data: official folder, file or dataset."})
     data_dir: str | None = field(default=None, metadata={"help": "Prepared data (its catalogue/)."})
     output_dir: str = field(default="index", metadata={"help": "Index folder to write."})
-    index_factory: str = field(default="Flat", metadata={"help": "faiss index_factory: Flat, HNSW32, IVF1024,PQ32."})
+    index_factory: str = field(
+        default="Flat",
+        metadata={
+            "help": "faiss index_factory: Flat (exact), HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
+            "3x faster builds, bench/RESULTS.md)."
+        },
+    )
     batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
     chunk_size: int = field(default=50_000, metadata={"help": "Products per encoding chunk (resume unit)."})

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Benchmarks 1 (training throughput vs sentence-transformers) and 4 (FAISS index scaling) in bf16 on one GPU,
+# in under 8 minutes. Results go to $OUT when set (a lent device machine's output folder), else bench/results/.
+#
+#     bash bench/gpu.sh            # PYTHON=/path/to/python to choose the interpreter
+#
+# The index benchmark puts Flat and IVF-PQ on the GPU only where faiss was built with GPU support (faiss-gpu);
+# with faiss-cpu it runs them on the CPU cores and says so ("faiss_device" in index_gpu.json).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+out_dir="${OUT:-bench/results}"
+mkdir -p "$out_dir"
+python="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
+threads="$(nproc)"
+export HF_HUB_OFFLINE=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$python" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print(torch.cuda.get_device_name(0))"
+
+status=0
+# 1. training: all 2,176 pairs, 5 epochs a run (34 steps an epoch), best of 3 runs per system: about 2 minutes.
+timeout 270 "$python" bench/bench_training.py --device cuda --bf16 --max_pairs 0 --epochs 5 --repeats 3 \
+    --threads "$threads" --output "$out_dir/training_gpu.json" || status=$?
+
+# 4. index: 10k, 100k, 1M vectors; Flat, HNSW32, IVF-PQ, and a bf16 flat index (SQbf16): about 3 minutes.
+timeout 210 "$python" bench/bench_index.py --device cuda --bf16 --sizes 10000,100000,1000000 \
+    --threads "$threads" --output "$out_dir/index_gpu.json" --plot "$out_dir/index_scaling_gpu.png" || status=$?
+
+exit "$status"  # 124: a benchmark ran past its share of the 8 minutes
