@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from transformers import HfArgumentParser
@@ -13,7 +12,7 @@ def parse_args(dataclass_types: tuple, aliases: dict[str, str] | None = None, ar
     argv = list(sys.argv[1:] if argv is None else argv)
     aliases = aliases or {}
     argv = [_rename(arg, aliases) for arg in argv]
-    parser = HfArgumentParser(dataclass_types, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = HfArgumentParser(dataclass_types)  # its help shows every default
     return parser.parse_args_into_dataclasses(args=argv)
 
 
