@@ -79,6 +79,7 @@ def build(args: IndexArguments):
     )
     if accelerator.is_main_process:
         print(f"index of {len(data.product_ids)} products written to {folder}/")
+    accelerator.end_training()  # close the process group before exit: gloo threads alive at exit can abort
     return folder
 
 

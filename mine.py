@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None):
     )
     if accelerator.is_main_process:
         print(f"hard negatives written to {output} (summary: {output.with_suffix('.json')})")
+    accelerator.end_training()  # close the process group before exit: gloo threads alive at exit can abort
     return output
 
 

@@ -5,6 +5,8 @@ accelerate launch --config_file accelerate_config.yaml train.py --esci_dir ../sh
 
 import logging
 
+from accelerate import PartialState
+
 from ttsn_hf.cli import parse_args
 from ttsn_hf.errors import cli_entry
 from ttsn_hf.training import TrainingRun, configure_threads
@@ -25,6 +27,7 @@ def main() -> None:
     )
     configure_threads(data_args.num_threads)
     TrainingRun(model_args, data_args, schedule_args, training_args).run()
+    PartialState().destroy_process_group()  # before exit: gloo threads alive at exit can abort
 
 
 if __name__ == "__main__":

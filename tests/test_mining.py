@@ -313,6 +313,8 @@ uncached = encode_catalogue(model, data.product_ids, data.product_texts, chunk_s
 if accelerator.is_main_process:
     np.save(out / "uncached.npy", uncached)
     (out / "world_size.txt").write_text(str(accelerator.num_processes))
+accelerator.wait_for_everyone()
+accelerator.end_training()
 """
 
 
