@@ -58,6 +58,13 @@ CONFIGS: dict[str, dict] = {
     "screen_product_max_length_64": {"schedule": {"stage": "1"}, "model": {"product_max_length": 64}},
     "screen_pseudo_queries_2000": {"schedule": {"stage": "1"}, "data": {"pseudo_queries": 2000}},
     "screen_pseudo_queries_6000": {"schedule": {"stage": "1"}, "data": {"pseudo_queries": 6000}},
+    "screen_no_masking": {"schedule": {"stage": "1", "mask_false_negatives": False}},
+    "screen_infonce_only_pseudo_2000": {
+        "schedule": {"stage": "1", "contrastive_weight": 0.0},
+        "data": {"pseudo_queries": 2000},
+    },
+    "infonce_only": {"schedule": {"contrastive_weight": 0.0}},
+    "pseudo_queries_2000": {"data": {"pseudo_queries": 2000}},
     "mining_20": {"schedule": {"mining_num_negatives": 20}},
     "mining_margin_0.1": {"schedule": {"mining_relative_margin": 0.1}},
     "stage3_lr_2e-5": {"schedule": {"stage_learning_rates": "2e-5,2e-5,2e-5"}},
@@ -192,6 +199,10 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         timings.append(round(time.perf_counter() - started, 1))
         last_epoch = max(int(epoch) for epoch in state["epochs"])
         best_epochs.append({"best": state["best"]["epoch"], "last": last_epoch})
+        if args.all_epochs:
+            for epoch in range(1, last_epoch):
+                run = scorer.run(str(output_dir / f"epoch_{epoch}"), held_out)
+                per_query.setdefault(f"epoch_{epoch}", {}).update(scorer.per_query(run))
         final_run = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
         per_query["final"].update(scorer.per_query(final_run))
         bm25 = {qid: scorer.bm25()[qid] for qid in held_out}
@@ -204,6 +215,7 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         if not args.keep_models:
             shutil.rmtree(output_dir, ignore_errors=True)
     reference = results["zero_shot_per_query"]
+    epochs = {name: summarise(scores, reference) for name, scores in per_query.items() if name.startswith("epoch_")}
     return {
         "overrides": overrides,
         "folds": len(folds),
@@ -213,9 +225,35 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         "last_epoch": summarise(per_query["final"], reference),
         "best_model": summarise(per_query["best"], reference),
         "hybrid_last_epoch": summarise(per_query["hybrid_final"], reference),
+        "earlier_epochs": epochs,
         "load_average": load_now(),
         "per_query_last_epoch": per_query["final"],
     }
+
+
+def study_ceiling(args, scorer: Scorer, results: dict) -> dict:
+    """A leak run, for the ceiling only: the default schedule trained on every labelled query, test ones included,
+    then scored on the official test queries it trained on. What the schedule can fit, not what it generalises."""
+    from ttsn_hf.prepare import split_queries as train_validation_split
+
+    examples = pd.read_parquet(args.esci_dir / EXAMPLES)
+    test_queries = set(examples.loc[examples["split"] == "test", "query_id"].astype(str))
+    fold_dir = write_fold(examples, [], args.work_dir / "data_all_train", args.esci_dir)
+    _, validation = train_validation_split(examples.assign(split="train"), 0.1, args.seed)
+    trained_on = sorted(test_queries - {str(qid) for qid in validation})
+    output_dir = args.work_dir / "runs" / "ceiling"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    started = time.perf_counter()
+    state = train_config(CONFIGS["default"], fold_dir, output_dir, args.seed)
+    seconds = round(time.perf_counter() - started, 1)
+    reference = results["zero_shot_per_query"]
+    epochs = {}
+    for epoch in sorted(int(epoch) for epoch in state["epochs"]):
+        run = scorer.run(str(output_dir / f"epoch_{epoch}"), trained_on)
+        epochs[f"epoch_{epoch}"] = summarise(scorer.per_query(run), reference)
+    if not args.keep_models:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return {"num_test_queries_trained_on": len(trained_on), "train_seconds": seconds, "epochs": epochs}
 
 
 def print_table(results: dict) -> None:
@@ -241,6 +279,8 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/quality_study"))
     parser.add_argument("--output", type=Path, default=RESULTS / "quality_cv.json")
     parser.add_argument("--keep_models", action="store_true")
+    parser.add_argument("--all_epochs", action="store_true", help="also score every earlier epoch")
+    parser.add_argument("--ceiling", action="store_true", help="leak run: train on test queries too (ceiling only)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--list", action="store_true", help="print the configs and exit")
     args = parser.parse_args()
@@ -260,6 +300,11 @@ def main() -> None:
     results.setdefault("machine", machine("cpu"))
     scorer = Scorer(args.esci_dir)
     zero_shot(scorer, results, args.output)
+    if args.ceiling:
+        results["ceiling"] = study_ceiling(args, scorer, results)
+        save_results(args.output, results)
+        print(json.dumps(results["ceiling"], indent=2))
+        return
     folds = fold_queries(pd.read_parquet(args.esci_dir / EXAMPLES), args.folds, args.seed)
     for name in args.configs:
         results["configs"][name] = study_config(name, args, scorer, folds, results)

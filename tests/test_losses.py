@@ -46,6 +46,8 @@ def test_known_positive_and_duplicate_product_are_masked_out():
     expected = nn.functional.cross_entropy(logits.masked_fill(blocked, torch.finfo(logits.dtype).min), torch.arange(4))
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, nn.functional.cross_entropy(logits, torch.arange(4)))
+    unmasked = InBatchInfoNCELoss(0.05, mask_false_negatives=False)(q, p, torch.ones(4), keys, mask_keys)
+    torch.testing.assert_close(unmasked, nn.functional.cross_entropy(logits, torch.arange(4)))
 
 
 def test_weighted_contrastive_matches_formula_and_weights_matter():
@@ -64,7 +66,7 @@ def test_combined_loss_is_weighted_sum_of_components():
     args = (q, p, torch.tensor([1.0, 1, 0, 1]), torch.ones(4), torch.arange(4), no_masks(4))
     out = CombinedLoss(contrastive_weight=0.3, infonce_weight=2.0)(*args)
     torch.testing.assert_close(out["loss"], 0.3 * out["contrastive_loss"] + 2.0 * out["infonce_loss"])
-    assert CombinedLoss().get_config_dict()["infonce"] == {"temperature": 0.05}
+    assert CombinedLoss().get_config_dict()["infonce"] == {"temperature": 0.05, "mask_false_negatives": True}
 
 
 def _batch(seed=0, n=8):

@@ -92,7 +92,7 @@ class TrainingRun:
         self.known_positives = known_positives(self.esci.judgements)
         self.loss = CombinedLoss(
             WeightedContrastiveLoss(schedule_args.margin),
-            InBatchInfoNCELoss(schedule_args.temperature),
+            InBatchInfoNCELoss(schedule_args.temperature, schedule_args.mask_false_negatives),
             schedule_args.contrastive_weight,
             schedule_args.infonce_weight,
         )

@@ -65,6 +65,9 @@ class ScheduleArguments:
     stage_epochs: str = field(default="2,1,2", metadata={"help": "Epochs of stages 1,2,3."})
     stage_learning_rates: str = field(default="2e-5,2e-5,2e-6", metadata={"help": "Learning rates of stages 1,2,3."})
     temperature: float = field(default=0.05, metadata={"help": "In-batch InfoNCE temperature."})
+    mask_false_negatives: bool = field(
+        default=True, metadata={"help": "Keep the query's known positives out of its in-batch negatives."}
+    )
     margin: float = field(default=0.5, metadata={"help": "Contrastive margin (cosine distance)."})
     contrastive_weight: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss."})
     infonce_weight: float = field(default=1.0, metadata={"help": "Weight of the in-batch InfoNCE loss."})

@@ -13,12 +13,14 @@ class InBatchInfoNCELoss(nn.Module):
 
     Every product of the batch (other pairs' positives and explicit negatives) is a negative for each query,
     except the products in that row's ``mask_keys`` (the query's known positives, duplicates of its own product):
-    a false negative is masked out, never pushed away.
+    a false negative is masked out, never pushed away. ``mask_false_negatives=False`` keeps them as negatives
+    (plain in-batch InfoNCE, for comparison).
     """
 
-    def __init__(self, temperature: float = 0.05):
+    def __init__(self, temperature: float = 0.05, mask_false_negatives: bool = True):
         super().__init__()
         self.temperature = temperature
+        self.mask_false_negatives = mask_false_negatives
 
     def forward(
         self,
@@ -33,13 +35,17 @@ class InBatchInfoNCELoss(nn.Module):
         anchors = torch.nonzero(targets > 0).squeeze(-1)
         scores = query_embeddings[anchors] @ candidates.T / self.temperature
         labels = anchors + offset
-        known = (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
-        known |= candidate_keys[None, :] == product_keys[anchors][:, None]
-        blocked = known | ~real[None, :]
+        blocked = ~real[None, :].expand(len(anchors), -1)
+        if self.mask_false_negatives:
+            known = (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
+            known |= candidate_keys[None, :] == product_keys[anchors][:, None]
+            blocked = blocked | known
+        else:
+            blocked = blocked.clone()
         blocked[torch.arange(len(anchors), device=scores.device), labels] = False
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
         loss_sum = nn.functional.cross_entropy(scores, labels, reduction="sum")
         return global_mean(loss_sum, torch.tensor(float(len(anchors)), device=scores.device))
 
-    def get_config_dict(self) -> dict[str, float]:
-        return {"temperature": self.temperature}
+    def get_config_dict(self) -> dict[str, float | bool]:
+        return {"temperature": self.temperature, "mask_false_negatives": self.mask_false_negatives}
