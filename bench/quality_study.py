@@ -192,7 +192,7 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         fold_dir = write_fold(
             examples, held_out, args.work_dir / f"data_k{len(folds)}_s{args.seed}_fold{index}", args.esci_dir
         )
-        output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_fold{index}"
+        output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_s{args.seed}_fold{index}"
         shutil.rmtree(output_dir, ignore_errors=True)
         started = time.perf_counter()
         state = train_config(overrides, fold_dir, output_dir, args.seed)
@@ -270,6 +270,23 @@ def print_table(results: dict) -> None:
         )
 
 
+def print_versus(results: dict, reference_name: str) -> None:
+    """Each config's last epoch minus ``reference_name``'s, paired on the same queries (95% bootstrap CI)."""
+    reference = results["configs"][reference_name]["per_query_last_epoch"]
+    print(f"| config | ΔR@10 vs {reference_name} | ΔMRR | ΔnDCG@10 |")
+    print("|---|---|---|---|")
+    for name, entry in results["configs"].items():
+        if name == reference_name:
+            continue
+        summary = summarise(entry["per_query_last_epoch"], reference)
+        cells = [summary[f"{metric}_diff"] for metric in METRICS]
+        print(
+            f"| {name} | "
+            + " | ".join(f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" for c in cells)
+            + " |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", default=["default"], help=f"among {list(CONFIGS)}")
@@ -283,6 +300,8 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true", help="leak run: train on test queries too (ceiling only)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--list", action="store_true", help="print the configs and exit")
+    parser.add_argument("--suffix", default="", help="stored as NAME+SUFFIX (e.g. a second --seed)")
+    parser.add_argument("--versus", help="with --table: paired differences against this config")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "datasets", "ttsn_hf"):
@@ -296,6 +315,8 @@ def main() -> None:
     results = load_results(args.output)
     if args.table:
         print_table(results)
+        if args.versus:
+            print_versus(results, args.versus)
         return
     results.setdefault("machine", machine("cpu"))
     scorer = Scorer(args.esci_dir)
@@ -307,9 +328,11 @@ def main() -> None:
         return
     folds = fold_queries(pd.read_parquet(args.esci_dir / EXAMPLES), args.folds, args.seed)
     for name in args.configs:
-        results["configs"][name] = study_config(name, args, scorer, folds, results)
+        entry = study_config(name, args, scorer, folds, load_results(args.output))
+        results = load_results(args.output)  # another study may have written meanwhile
+        results["configs"][name + args.suffix] = entry
         save_results(args.output, results)
-        print_table({"configs": {name: results["configs"][name]}})
+        print_table({"configs": {name + args.suffix: entry}})
 
 
 if __name__ == "__main__":

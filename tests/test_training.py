@@ -79,6 +79,20 @@ def test_loss_components_are_logged_and_card_is_written(minilm_run):
     assert "hard negatives mined" in card and "temperature" in card and "SentenceTransformer(" in card
 
 
+def test_loss_options_reach_the_loss(esci_sample, tmp_path):
+    from ttsn_hf.cli import parse_args
+    from ttsn_hf.training import TrainingRun
+    from ttsn_hf.training_args import DataArguments, ModelArguments, ScheduleArguments
+
+    types = (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments)
+    argv = ["--esci_dir", str(esci_sample), "--output_dir", str(tmp_path), "--temperature", "0.07"]
+    run = TrainingRun(*parse_args(types, argv=[*argv, "--no_mask_false_negatives", "--margin", "0.3"]))
+    config = run.loss.get_config_dict()
+    assert config["infonce"] == {"temperature": 0.07, "mask_false_negatives": False}
+    assert config["contrastive"]["margin"] == 0.3
+    assert TrainingRun(*parse_args(types, argv=argv)).loss.infonce.mask_false_negatives
+
+
 def test_stage_alone_continues_from_previous_stage(esci_sample, tiny_encoder_dir, tmp_path):
     result = run_train(*quick_args(esci_sample, tiny_encoder_dir, tmp_path, "--stage", "2"), check=False)
     assert result.returncode == 2 and "epoch_1" in result.stderr and "Traceback" not in result.stderr
