@@ -26,13 +26,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchlib import RESULTS, SAMPLE_DIR, load_now, machine  # noqa: E402
+from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, write_json  # noqa: E402
 
-from ttsn_hf.atomic import write_text_atomic  # noqa: E402
 from ttsn_hf.data import load_esci  # noqa: E402
 from ttsn_hf.encoding import encode_catalogue  # noqa: E402
-from ttsn_hf.evaluation import bm25_run, dense_run, rrf_fuse, split_queries  # noqa: E402
-from ttsn_hf.metrics import evaluate_run, paired_bootstrap  # noqa: E402
+from ttsn_hf.evaluation import bm25_run, compare, dense_run, rrf_fuse, split_queries  # noqa: E402
+from ttsn_hf.metrics import evaluate_run  # noqa: E402
 from ttsn_hf.modeling import load_model  # noqa: E402
 
 EXAMPLES = "shopping_queries_dataset_examples.parquet"
@@ -158,11 +157,10 @@ def summarise(per_query: dict[str, dict], reference: dict[str, dict]) -> dict:
     for name in METRICS:
         ours = np.array([np.nan if per_query[q][name] is None else per_query[q][name] for q in query_ids])
         base = np.array([np.nan if reference[q][name] is None else reference[q][name] for q in query_ids])
-        difference, low, high = paired_bootstrap(ours, base, n=5000, seed=0)
         summary[name] = float(np.nanmean(ours))
         summary[f"{name}_zero_shot"] = float(np.nanmean(base))
         summary[f"{name}_ratio"] = float(np.nanmean(ours) / np.nanmean(base))
-        summary[f"{name}_diff"] = {"difference": difference, "ci_low": low, "ci_high": high}
+        summary[f"{name}_diff"] = compare(ours, base, bootstrap_samples=5000, seed=0)
     return summary
 
 
@@ -173,15 +171,11 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"configs": {}}
 
 
-def save_results(path: Path, results: dict) -> None:
-    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
-
-
 def zero_shot(scorer: Scorer, results: dict, path: Path) -> dict[str, dict]:
     if "zero_shot_per_query" not in results:
         results["zero_shot_per_query"] = scorer.per_query(scorer.run(None, list(scorer.queries)))
         results["bm25_per_query"] = scorer.per_query(scorer.bm25())
-        save_results(path, results)
+        write_json(path, results)
     return results["zero_shot_per_query"]
 
 
@@ -333,7 +327,7 @@ def main() -> None:
             entry = study_ceiling(name, args, scorer, results)
             results = load_results(args.output)
             results.setdefault("ceilings", {})[name] = entry
-            save_results(args.output, results)
+            write_json(args.output, results)
             print(json.dumps(entry, indent=2))
         return
     folds = fold_queries(pd.read_parquet(args.esci_dir / EXAMPLES), args.folds, args.seed)
@@ -341,7 +335,7 @@ def main() -> None:
         entry = study_config(name, args, scorer, folds, load_results(args.output))
         results = load_results(args.output)  # another study may have written meanwhile
         results["configs"][name + args.suffix] = entry
-        save_results(args.output, results)
+        write_json(args.output, results)
         print_table({"configs": {name + args.suffix: entry}})
 
 

@@ -260,15 +260,15 @@ def build_stage(
     return splits
 
 
+_WORD = re.compile(r"[a-z0-9][a-z0-9'.+-]*")
+
+
 def pseudo_query(title: str, rng: np.random.Generator) -> str:
     """A query-like span of a product title: 2 to 5 words from its first 12, lower-cased."""
-    words = [word for word in _WORD.findall(title.lower())][:12]
+    words = _WORD.findall(title.lower())[:12]
     length = int(rng.integers(2, 6))
     start = int(rng.integers(0, max(1, len(words) - length + 1)))
     return " ".join(words[start : start + length])
-
-
-_WORD = re.compile(r"[a-z0-9][a-z0-9'.+-]*")
 
 
 def pseudo_query_pairs(catalogue: pd.DataFrame, count: int, stage: int, seed: int) -> datasets.Dataset:

@@ -35,13 +35,10 @@ class InBatchInfoNCELoss(nn.Module):
         anchors = torch.nonzero(targets > 0).squeeze(-1)
         scores = query_embeddings[anchors] @ candidates.T / self.temperature
         labels = anchors + offset
-        blocked = ~real[None, :].expand(len(anchors), -1)
+        blocked = (~real)[None, :].repeat(len(anchors), 1)
         if self.mask_false_negatives:
-            known = (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
-            known |= candidate_keys[None, :] == product_keys[anchors][:, None]
-            blocked = blocked | known
-        else:
-            blocked = blocked.clone()
+            blocked |= (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
+            blocked |= candidate_keys[None, :] == product_keys[anchors][:, None]
         blocked[torch.arange(len(anchors), device=scores.device), labels] = False
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
         loss_sum = nn.functional.cross_entropy(scores, labels, reduction="sum")
