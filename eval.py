@@ -6,9 +6,9 @@ results.md and metrics.png in --output_dir.
 
 from ttsn_hf.cli import parse_args
 from ttsn_hf.errors import cli_entry
-from ttsn_hf.evaluation import EvalArguments, markdown_table, run_evaluation
-from ttsn_hf.model_card import record_eval_results
-from ttsn_hf.modeling import is_two_tower_folder
+from ttsn_hf.evaluation.evaluate import EvalArguments, markdown_table, run_evaluation
+from ttsn_hf.modeling.model import is_two_tower_folder
+from ttsn_hf.modeling.model_card import record_eval_results
 
 
 @cli_entry

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from ttsn_hf.encoding import make_accelerator
 from ttsn_hf.errors import UserInputError, cli_entry
-from ttsn_hf.mining import DEFAULT_CACHE_DIR
+from ttsn_hf.retrieval.encoding import make_accelerator
+from ttsn_hf.retrieval.mining import DEFAULT_CACHE_DIR
 
 
 @dataclass
@@ -57,10 +57,10 @@ def build(args: IndexArguments):
         raise UserInputError("building an index needs --model_name_or_path (or pass --query to search one)")
     if (args.esci_dir is None) == (args.data_dir is None):
         raise UserInputError("give exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
-    from ttsn_hf.data import load_esci
-    from ttsn_hf.indexing import build_catalogue_index
-    from ttsn_hf.mining import load_mining_input
-    from ttsn_hf.modeling import load_model
+    from ttsn_hf.data.esci import load_esci
+    from ttsn_hf.modeling.model import load_model
+    from ttsn_hf.retrieval.indexing import build_catalogue_index
+    from ttsn_hf.retrieval.mining import load_mining_input
 
     accelerator = make_accelerator()
     model = load_model(args.model_name_or_path).to(accelerator.device)
@@ -84,11 +84,11 @@ def build(args: IndexArguments):
 
 
 def search(args: IndexArguments):
-    from ttsn_hf.indexing import ProductSearcher
+    from ttsn_hf.retrieval.indexing import ProductSearcher
 
     model = None
     if args.model_name_or_path is not None:
-        from ttsn_hf.modeling import load_model
+        from ttsn_hf.modeling.model import load_model
 
         model = load_model(args.model_name_or_path)
     searcher = ProductSearcher.from_folder(args.index_dir or args.output_dir, model, batch_size=args.batch_size)

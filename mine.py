@@ -5,16 +5,16 @@
     accelerate launch --multi_gpu --num_processes 2 mine.py ...   # processes share the encoding
 
 The catalogue embeddings are cached under --cache_dir (keyed by model and catalogue): mining again with the same
-checkpoint does not encode the catalogue again. See ttsn_hf/mining.py for the selection rules.
+checkpoint does not encode the catalogue again. See ttsn_hf/retrieval/mining.py for the selection rules.
 """
 
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from ttsn_hf.encoding import make_accelerator
 from ttsn_hf.errors import UserInputError, cli_entry
-from ttsn_hf.mining import DEFAULT_CACHE_DIR, mine_to_file
+from ttsn_hf.retrieval.encoding import make_accelerator
+from ttsn_hf.retrieval.mining import DEFAULT_CACHE_DIR, mine_to_file
 
 
 @dataclass
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None):
     (args,) = HfArgumentParser(MineArguments).parse_args_into_dataclasses(args=argv)
     if (args.esci_dir is None) == (args.data_dir is None):
         raise UserInputError("give exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
-    from ttsn_hf.modeling import load_model
+    from ttsn_hf.modeling.model import load_model
 
     accelerator = make_accelerator()
     model = load_model(args.model_name_or_path).to(accelerator.device)

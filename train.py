@@ -9,8 +9,8 @@ from accelerate import PartialState
 
 from ttsn_hf.cli import parse_args
 from ttsn_hf.errors import cli_entry
-from ttsn_hf.training import TrainingRun, configure_threads
-from ttsn_hf.training_args import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+from ttsn_hf.training.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+from ttsn_hf.training.run import TrainingRun, configure_threads
 
 SEED_ALIASES = {
     "--checkpoint_dir": "--output_dir",

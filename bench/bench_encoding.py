@@ -28,8 +28,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, print_table, write_json  # noqa: E402
 
-from ttsn_hf.data import load_esci  # noqa: E402
-from ttsn_hf.modeling import TwoTowerModel, default_base_model, mean_pool  # noqa: E402
+from ttsn_hf.data.esci import load_esci  # noqa: E402
+from ttsn_hf.modeling.model import TwoTowerModel, default_base_model, mean_pool  # noqa: E402
 
 SYSTEMS = ("raw_limit", "ttsn_hf", "sentence_transformers")
 MAX_LENGTH = 128

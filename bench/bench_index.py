@@ -34,7 +34,7 @@ from benchlib import RESULTS, load_now, machine, print_table, write_json  # noqa
 from tqdm.auto import tqdm  # noqa: E402
 
 from ttsn_hf.atomic import atomic_path  # noqa: E402
-from ttsn_hf.indexing import DEFAULT_SEARCH_PARAMETERS, build_index  # noqa: E402
+from ttsn_hf.retrieval.indexing import DEFAULT_SEARCH_PARAMETERS, build_index  # noqa: E402
 
 DIM = 384
 LATENT_DIM = 32

@@ -27,8 +27,8 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 from ttsn_hf.atomic import write_text_atomic  # noqa: E402
-from ttsn_hf.mining import load_mining_input, mine_hard_negatives  # noqa: E402
-from ttsn_hf.modeling import TwoTowerModel, default_base_model  # noqa: E402
+from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
+from ttsn_hf.retrieval.mining import load_mining_input, mine_hard_negatives  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(num_negatives=10, relative_margin=0.05)

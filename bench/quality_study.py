@@ -28,11 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, write_json  # noqa: E402
 
-from ttsn_hf.data import load_esci  # noqa: E402
-from ttsn_hf.encoding import encode_catalogue  # noqa: E402
-from ttsn_hf.evaluation import bm25_run, compare, dense_run, rrf_fuse, split_queries  # noqa: E402
-from ttsn_hf.metrics import evaluate_run  # noqa: E402
-from ttsn_hf.modeling import load_model  # noqa: E402
+from ttsn_hf.data.esci import load_esci  # noqa: E402
+from ttsn_hf.evaluation.evaluate import bm25_run, compare, dense_run, rrf_fuse, split_queries  # noqa: E402
+from ttsn_hf.evaluation.metrics import evaluate_run  # noqa: E402
+from ttsn_hf.modeling.model import load_model  # noqa: E402
+from ttsn_hf.retrieval.encoding import encode_catalogue  # noqa: E402
 
 EXAMPLES = "shopping_queries_dataset_examples.parquet"
 PRODUCTS = "shopping_queries_dataset_products.parquet"
@@ -98,8 +98,8 @@ def write_fold(examples: pd.DataFrame, held_out: list[str], folder: Path, esci_d
 
 def train_config(overrides: dict, fold_dir: Path, output_dir: Path, seed: int) -> dict:
     """Train one config on one fold in-process (what ``train.py`` does), return the schedule state."""
-    from ttsn_hf.training import TrainingRun, configure_threads
-    from ttsn_hf.training_args import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+    from ttsn_hf.training.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+    from ttsn_hf.training.run import TrainingRun, configure_threads
 
     data = DataArguments(esci_dir=str(fold_dir), **overrides.get("data", {}))
     training = TwoTowerTrainingArguments(
@@ -230,7 +230,7 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
 def study_ceiling(name: str, args, scorer: Scorer, results: dict) -> dict:
     """A leak run, for the ceiling only: config ``name`` trained on every labelled query, test ones included, then
     scored on the official test queries it trained on. What the schedule can fit, not what it generalises."""
-    from ttsn_hf.prepare import split_queries as train_validation_split
+    from ttsn_hf.data.stages import split_queries as train_validation_split
 
     examples = pd.read_parquet(args.esci_dir / EXAMPLES)
     test_queries = set(examples.loc[examples["split"] == "test", "query_id"].astype(str))

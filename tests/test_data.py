@@ -4,7 +4,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from ttsn_hf.data import DEFAULT_TEMPLATE, EXAMPLES_FILE, PRODUCTS_FILE, load_esci, product_text
+from ttsn_hf.data.esci import DEFAULT_TEMPLATE, EXAMPLES_FILE, PRODUCTS_FILE, load_esci, product_text
 from ttsn_hf.errors import UserInputError
 
 

@@ -4,8 +4,14 @@ import threading
 import numpy as np
 import pytest
 
-from ttsn_hf.encoding import EMBEDDINGS_FILE, cache_key, catalogue_fingerprint, encode_catalogue, model_fingerprint
 from ttsn_hf.errors import UserInputError
+from ttsn_hf.retrieval.encoding import (
+    EMBEDDINGS_FILE,
+    cache_key,
+    catalogue_fingerprint,
+    encode_catalogue,
+    model_fingerprint,
+)
 
 
 class HashingEncoder:
@@ -141,7 +147,7 @@ def test_catalogue_fingerprint_depends_on_ids_texts_and_order():
 def test_model_fingerprint_follows_the_weights_not_the_path(tiny_encoder_dir, tmp_path):
     import torch
 
-    from ttsn_hf.modeling import TwoTowerModel, load_model
+    from ttsn_hf.modeling.model import TwoTowerModel, load_model
 
     model = load_model(str(tiny_encoder_dir))
     model.save_pretrained(tmp_path / "copy")
@@ -155,7 +161,7 @@ def test_model_fingerprint_follows_the_weights_not_the_path(tiny_encoder_dir, tm
 
 
 def test_encoding_with_the_two_tower_model_in_chunks_matches_one_call(tiny_encoder_dir, tmp_path):
-    from ttsn_hf.modeling import load_model
+    from ttsn_hf.modeling.model import load_model
 
     model = load_model(str(tiny_encoder_dir))
     texts = [f"usb c cable {i} " + "long " * (i % 7) for i in range(30)]

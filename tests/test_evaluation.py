@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ttsn_hf.bm25 import BM25Retriever
 from ttsn_hf.errors import UserInputError
-from ttsn_hf.evaluation import (
+from ttsn_hf.evaluation.evaluate import (
     EvalArguments,
     bm25_run,
     dense_search,
@@ -19,7 +18,8 @@ from ttsn_hf.evaluation import (
     run_evaluation,
     split_queries,
 )
-from ttsn_hf.metrics import evaluate_run, metric_names
+from ttsn_hf.evaluation.metrics import evaluate_run, metric_names
+from ttsn_hf.retrieval.bm25 import BM25Retriever
 
 THEMES = {
     "running shoes": ["red running shoes for men", "lightweight trail running shoes", "women's road running shoe"],
@@ -126,7 +126,7 @@ def test_evaluate_systems_compares_the_model_with_each_system():
 
 
 def test_bm25_on_the_esci_sample_matches_the_reference(esci_sample):
-    from ttsn_hf.data import load_esci
+    from ttsn_hf.data.esci import load_esci
 
     data = load_esci(esci_sample)
     queries, qrels = split_queries(data.judgements.to_pandas(), "test")
@@ -172,9 +172,9 @@ def test_eval_cli_end_to_end(eval_cli, tiny_esci, tiny_encoder_dir, tmp_path, ca
 
 
 def test_eval_with_a_saved_index_matches_re_encoding(tiny_esci, tiny_encoder_dir, tmp_path):
-    from ttsn_hf.data import load_esci
-    from ttsn_hf.indexing import build_catalogue_index
-    from ttsn_hf.modeling import load_model
+    from ttsn_hf.data.esci import load_esci
+    from ttsn_hf.modeling.model import load_model
+    from ttsn_hf.retrieval.indexing import build_catalogue_index
 
     catalogue = load_esci(tiny_esci).catalogue.to_pandas()
     model = load_model(str(tiny_encoder_dir))

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ttsn_hf.errors import UserInputError
-from ttsn_hf.indexing import (
+from ttsn_hf.retrieval.indexing import (
     MANIFEST_FILE,
     ProductSearcher,
     build_index,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ir_measures import RR, R, nDCG
 
-from ttsn_hf.metrics import (
+from ttsn_hf.evaluation.metrics import (
     evaluate_run,
     metric_names,
     ndcg_at_k,

@@ -15,7 +15,7 @@ import torch
 from sentence_transformers import util as st_util
 
 from ttsn_hf.errors import UserInputError
-from ttsn_hf.mining import (
+from ttsn_hf.retrieval.mining import (
     COLUMNS,
     load_mining_input,
     mine_hard_negatives,
@@ -216,7 +216,7 @@ def test_mining_the_sample_again_is_identical_and_reuses_the_cache(sample_negati
 
 
 def test_only_the_training_queries_of_a_prepared_folder_are_mined(esci_sample, tmp_path):
-    from ttsn_hf.data import load_esci
+    from ttsn_hf.data.esci import load_esci
 
     esci = load_esci(esci_sample)
     folder = tmp_path / "prepared"
@@ -293,10 +293,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ttsn_hf.encoding import encode_catalogue, make_accelerator
-from ttsn_hf.indexing import build_catalogue_index
-from ttsn_hf.mining import load_mining_input, mine_to_file
-from ttsn_hf.modeling import load_model
+from ttsn_hf.retrieval.encoding import encode_catalogue, make_accelerator
+from ttsn_hf.retrieval.indexing import build_catalogue_index
+from ttsn_hf.retrieval.mining import load_mining_input, mine_to_file
+from ttsn_hf.modeling.model import load_model
 
 model_dir, esci, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 accelerator = make_accelerator()
@@ -331,7 +331,7 @@ def run_driver(tiny_encoder_dir, esci, out, processes):
 
 
 def test_two_processes_mine_and_index_exactly_as_one(tiny_encoder_dir, esci_sample, tmp_path):
-    from ttsn_hf.indexing import load_index, search
+    from ttsn_hf.retrieval.indexing import load_index, search
 
     esci = small_esci(tmp_path / "esci", esci_sample)
     one = run_driver(tiny_encoder_dir, esci, tmp_path / "one", 1)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ttsn_hf import TwoTowerModel
-from ttsn_hf.model_card import EVAL_RESULTS, record_eval_results
+from ttsn_hf.modeling.model_card import EVAL_RESULTS, record_eval_results
 
 REPO = Path(__file__).resolve().parents[1]
 

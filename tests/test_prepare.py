@@ -8,9 +8,9 @@ import datasets
 import pandas as pd
 import pytest
 
-from ttsn_hf.data import EXAMPLES_FILE, PRODUCTS_FILE
+from ttsn_hf.data.esci import EXAMPLES_FILE, PRODUCTS_FILE
+from ttsn_hf.data.stages import build_stage, load_hard_negatives, load_prepared, main, prepare
 from ttsn_hf.errors import UserInputError
-from ttsn_hf.prepare import build_stage, load_hard_negatives, load_prepared, main, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 POSITIVES = {1: {"E", "S"}, 2: {"E", "S"}, 3: {"E", "S", "C"}}
@@ -229,9 +229,9 @@ def test_train_py_consumes_the_prepared_folder(prepared):
     from transformers import AutoTokenizer
 
     from ttsn_hf import default_base_model
-    from ttsn_hf.collator import TwoTowerCollator, tokenize_pairs
-    from ttsn_hf.training import known_positives, load_training_data
-    from ttsn_hf.training_args import DataArguments
+    from ttsn_hf.training.arguments import DataArguments
+    from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs
+    from ttsn_hf.training.run import known_positives, load_training_data
 
     output, _, _, _ = prepared
     esci, stages = load_training_data(DataArguments(data_dir=str(output)))
@@ -274,7 +274,7 @@ def test_stage2_needs_hard_negatives(prepared):
 # ---------------------------------------------------------------- the CLI
 
 
-def run_cli(*args: str, script: tuple[str, ...] = ("-m", "ttsn_hf.prepare")) -> subprocess.CompletedProcess:
+def run_cli(*args: str, script: tuple[str, ...] = ("-m", "ttsn_hf.data.stages")) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run(
         [sys.executable, *script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
@@ -362,7 +362,7 @@ def test_cli_bad_input_exits_2_and_leaves_output_alone(kind, message, raw, tmp_p
 
 
 def test_pseudo_queries_are_title_spans_added_to_training_only(esci_sample):
-    from ttsn_hf.data import load_esci
+    from ttsn_hf.data.esci import load_esci
 
     esci = load_esci(esci_sample)
     plain = build_stage(esci, 1)

@@ -7,7 +7,7 @@ import pytest
 from transformers import GPT2Config
 
 from ttsn_hf.errors import UserInputError
-from ttsn_hf.modeling import load_model
+from ttsn_hf.modeling.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [*REPO.glob("ttsn_hf/**/*.py"), *REPO.glob("*.py")]
@@ -37,7 +37,7 @@ def test_folder_without_config_is_a_clear_error(tmp_path):
 
 
 def test_hub_token_is_masked_in_training_arguments():
-    from ttsn_hf.training_args import TwoTowerTrainingArguments
+    from ttsn_hf.training.arguments import TwoTowerTrainingArguments
 
     args = TwoTowerTrainingArguments(output_dir="x", hub_token="hf_secret_value")
     assert "hf_secret_value" not in repr(args) and "hf_secret_value" not in str(args.to_dict())

@@ -14,10 +14,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from ttsn_hf import TwoTowerModel
-from ttsn_hf.collator import TwoTowerCollator
 from ttsn_hf.errors import HubUnreachableError, NonFiniteLossError
-from ttsn_hf.trainer import TwoTowerTrainer
-from ttsn_hf.training_args import TwoTowerTrainingArguments
+from ttsn_hf.training.arguments import TwoTowerTrainingArguments
+from ttsn_hf.training.collator import TwoTowerCollator
+from ttsn_hf.training.trainer import TwoTowerTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["usb c cable", "stainless steel water bottle 32 oz", "dog toy"]
@@ -81,8 +81,8 @@ def test_loss_components_are_logged_and_card_is_written(minilm_run):
 
 def test_loss_options_reach_the_loss(esci_sample, tmp_path):
     from ttsn_hf.cli import parse_args
-    from ttsn_hf.training import TrainingRun
-    from ttsn_hf.training_args import DataArguments, ModelArguments, ScheduleArguments
+    from ttsn_hf.training.arguments import DataArguments, ModelArguments, ScheduleArguments
+    from ttsn_hf.training.run import TrainingRun
 
     types = (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments)
     argv = ["--esci_dir", str(esci_sample), "--output_dir", str(tmp_path), "--temperature", "0.07"]
@@ -186,7 +186,7 @@ def test_two_cpu_processes_train_through_accelerate_launch(esci_sample, tiny_enc
 
 
 def test_seed_command_trains_on_prepared_data(esci_sample, tiny_encoder_dir, tmp_path):
-    from ttsn_hf.prepare import prepare
+    from ttsn_hf.data.stages import prepare
 
     prepare(esci_sample, tmp_path / "data", seed=42)
     run_train(
@@ -203,7 +203,7 @@ def test_no_training_data_is_a_clear_error(tmp_path):
 
 
 def test_resume_skips_and_removes_a_checkpoint_cut_short(tmp_path):
-    from ttsn_hf.training import last_complete_checkpoint
+    from ttsn_hf.training.run import last_complete_checkpoint
 
     for step in (5, 10, 15):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -2,8 +2,8 @@
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration import TwoTowerConfig
-from .modeling import TwoTowerModel, default_base_model, load_model
+from .modeling.configuration import TwoTowerConfig
+from .modeling.model import TwoTowerModel, default_base_model, load_model
 
 AutoConfig.register(TwoTowerConfig.model_type, TwoTowerConfig)
 AutoModel.register(TwoTowerConfig, TwoTowerModel)

@@ -1,4 +1,4 @@
-"""Per-stage training datasets with stage markers, written with `datasets` (``python -m ttsn_hf.prepare``).
+"""Per-stage training datasets with stage markers, written with `datasets` (``python prepare.py``).
 
 Stage rows (docs/ARCHITECTURE.md): ``query_id``, ``query``, ``product_id``, ``product_text``, ``esci_label``
 (E/S/C/I, "" for unjudged products), ``target`` (1 positive, 0 negative), ``source`` (judged/random/mined), ``stage``.
@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, write_text_atomic
-from .cli import parse_args
-from .data import (
+from ..atomic import atomic_path, write_text_atomic
+from ..cli import parse_args
+from ..errors import UserInputError, cli_entry
+from .esci import (
     DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_TEMPLATE,
     EsciData,
@@ -44,7 +45,6 @@ from .data import (
     load_prepared_esci,
     read_table,
 )
-from .errors import UserInputError, cli_entry
 
 logger = logging.getLogger(__name__)
 
@@ -398,7 +398,7 @@ def load_prepared(data_dir: str | os.PathLike) -> tuple[EsciData, dict[int, data
     folder = Path(data_dir)
     for needed in ("catalogue", "judgements"):
         if not (folder / needed).is_dir():
-            raise UserInputError(f"{folder / needed}: not found; run `python -m ttsn_hf.prepare` first")
+            raise UserInputError(f"{folder / needed}: not found; run `python prepare.py` first")
     esci = load_prepared_esci(folder)
     stages = {
         stage: datasets.load_from_disk(str(folder / f"stage{stage}"))
@@ -406,7 +406,7 @@ def load_prepared(data_dir: str | os.PathLike) -> tuple[EsciData, dict[int, data
         if (folder / f"stage{stage}" / "dataset_dict.json").exists()
     }
     if not stages:
-        raise UserInputError(f"{folder}: holds no stage1/2/3 folder; run `python -m ttsn_hf.prepare` first")
+        raise UserInputError(f"{folder}: holds no stage1/2/3 folder; run `python prepare.py` first")
     return esci, stages
 
 

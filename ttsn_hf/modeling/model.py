@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
+from ..errors import UserInputError
 from .configuration import TwoTowerConfig
-from .errors import UserInputError
 from .hub import check_model_reachable, ensure_hub_reachable
 from .model_card import write_model_card
 from .sentence_transformers_export import write_sentence_transformers_files

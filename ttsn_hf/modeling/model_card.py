@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .modeling import TwoTowerModel
+    from .model import TwoTowerModel
 
 EVAL_RESULTS = "eval_results.json"
 
@@ -115,7 +115,7 @@ def write_model_card(model: TwoTowerModel, folder: Path) -> None:
 
 def record_eval_results(folder: str | Path, metrics: dict) -> None:
     """Keep eval.py's metrics beside a saved model and refresh its card."""
-    from .modeling import TwoTowerModel
+    from .model import TwoTowerModel
 
     folder = Path(folder)
     (folder / EVAL_RESULTS).write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -41,9 +41,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import UserInputError
 from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
-from .errors import UserInputError
 from .indexing import chunked_knn
 
 COLUMNS = ["query_id", "product_id", "rank", "score", "positive_score"]
@@ -66,7 +66,7 @@ def load_mining_input(source: Any) -> MiningInput:
     Training queries are those of split ``train``; in a prepared folder, only those in its stages' ``train``
     splits (validation queries are held out)."""
     if isinstance(source, str | os.PathLike):
-        from .data import load_esci
+        from ..data.esci import load_esci
 
         folder = Path(source)
         data = load_esci(folder)

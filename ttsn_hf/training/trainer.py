@@ -10,8 +10,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .errors import NonFiniteLossError
-from .losses import CombinedLoss
+from ..errors import NonFiniteLossError
+from ..losses import CombinedLoss
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
 LOSS_INPUTS = ("targets", "weights", "product_keys", "mask_keys")

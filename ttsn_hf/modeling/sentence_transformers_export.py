@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .modeling import TwoTowerModel
+    from .model import TwoTowerModel
 
 TRANSFORMER_DIR = "0_Transformer"
 

@@ -25,7 +25,7 @@ import datasets
 import pandas as pd
 import pyarrow
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -498,7 +498,7 @@ def _load_hub(dataset_id: str, **options) -> EsciData:
 
 
 def load_prepared_esci(folder: str | os.PathLike) -> EsciData:
-    """The ``catalogue/`` and ``judgements/`` datasets of a folder written by ``ttsn_hf.prepare``."""
+    """The ``catalogue/`` and ``judgements/`` datasets of a folder written by ``ttsn_hf.data.stages.prepare``."""
     folder = Path(folder)
     try:
         catalogue = datasets.load_from_disk(str(folder / "catalogue"))

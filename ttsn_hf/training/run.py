@@ -14,15 +14,15 @@ import datasets
 import torch
 from transformers import TrainerCallback
 
-from .atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import HubUnreachableError, UserInputError
+from ..losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
+from ..modeling.hub import ensure_hub_reachable
+from ..modeling.model import TwoTowerModel, load_model
+from .arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
 from .collator import TwoTowerCollator, tokenize_pairs
-from .errors import HubUnreachableError, UserInputError
-from .hub import ensure_hub_reachable
-from .losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
-from .modeling import TwoTowerModel, load_model
 from .schedule import Stage, build_schedule
 from .trainer import TwoTowerTrainer
-from .training_args import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "schedule_state.json"
@@ -165,7 +165,7 @@ class TrainingRun:
         prepared = self.prepared.get(stage.number)
         if prepared is not None and (stage.number == 1 or "mined" in set(prepared["train"]["source"])):
             return prepared
-        from .prepare import build_stage
+        from ..data.stages import build_stage
 
         return build_stage(
             self.esci,
@@ -188,7 +188,7 @@ class TrainingRun:
         if not path.exists():
             from accelerate import PartialState
 
-            from .mining import mine_to_file
+            from ..retrieval.mining import mine_to_file
 
             mine_to_file(
                 model,
@@ -277,12 +277,12 @@ def load_training_data(data_args: DataArguments):
     """(EsciData, {stage: DatasetDict}) from prepared data (``--data_dir``, default ``data/`` if it exists), or
     (EsciData, {}) from raw ESCI (``--esci_dir``)."""
     if data_args.esci_dir:
-        from .data import load_esci
+        from ..data.esci import load_esci
 
         return load_esci(data_args.esci_dir), {}
     data_dir = data_args.data_dir or ("data" if Path("data", "summary.json").exists() else None)
     if data_dir:
-        from .prepare import load_prepared
+        from ..data.stages import load_prepared
 
         return load_prepared(data_dir)
     raise UserInputError(

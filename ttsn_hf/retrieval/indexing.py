@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
+from ..errors import UserInputError
 from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
-from .errors import UserInputError
 
 INDEX_FILE = "index.faiss"
 PRODUCTS_FILE = "products.parquet"
@@ -208,7 +208,7 @@ class ProductSearcher:
     def from_folder(cls, index_dir: str | Path, model: Any = None, **kwargs: Any) -> ProductSearcher:
         """Load the index and the model (by default the one named in the manifest), checking they match."""
         if model is None:
-            from .modeling import load_model
+            from ..modeling.model import load_model
 
             model = load_model(read_manifest(index_dir)["model_name_or_path"])
         return cls(load_index(index_dir, model), model, **kwargs)

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from huggingface_hub import constants
 
-from .errors import HubUnreachableError, UserInputError
+from ..errors import HubUnreachableError, UserInputError
 
 
 def check_model_reachable(name_or_path: str) -> None:

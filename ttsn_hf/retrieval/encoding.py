@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path, write_text_atomic
-from .errors import UserInputError
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import UserInputError
 
 EMBEDDINGS_FILE = "embeddings.npy"
 INFO_FILE = "info.json"

@@ -17,10 +17,10 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_text_atomic
-from .bm25 import BM25Retriever
-from .encoding import encode_catalogue
-from .errors import UserInputError
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import UserInputError
+from ..retrieval.bm25 import BM25Retriever
+from ..retrieval.encoding import encode_catalogue
 from .metrics import evaluate_run, metric_names, paired_bootstrap
 
 Run = dict[str, list[str]]
@@ -299,7 +299,7 @@ def _json_safe(value):
 
 def load_eval_data(args: EvalArguments) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The catalogue (product_id, product_text) and judgements as DataFrames, from --esci_dir or --data_dir."""
-    from .data import load_esci
+    from ..data.esci import load_esci
 
     if bool(args.esci_dir) == bool(args.data_dir):
         raise UserInputError("pass exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
@@ -313,7 +313,7 @@ def load_eval_data(args: EvalArguments) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _load_encoder(name_or_path: str | None):
     import torch
 
-    from .modeling import load_model
+    from ..modeling.model import load_model
 
     model = load_model(name_or_path)
     return model.to("cuda") if torch.cuda.is_available() else model
@@ -321,7 +321,7 @@ def _load_encoder(name_or_path: str | None):
 
 def _index_run(args: EvalArguments, queries: Mapping[str, str], product_ids: list[str]) -> tuple[Run, str]:
     """Retrieve with a saved index: only the queries are encoded, with the index's model unless one is given."""
-    from .indexing import load_index, search
+    from ..retrieval.indexing import load_index, search
 
     name = args.model_name_or_path or load_index(args.index_dir).manifest.get("model_name_or_path")
     if not name:
@@ -342,7 +342,7 @@ def build_runs(
     args: EvalArguments, queries: Mapping[str, str], product_ids: list[str], product_texts: list[str]
 ) -> tuple[dict[str, Run], dict[str, str]]:
     """Every system's run over the catalogue ("model" first), and what each system is."""
-    from .modeling import default_base_model
+    from ..modeling.model import default_base_model
 
     encode_kwargs = {"batch_size": args.batch_size, "bf16": args.bf16}
 

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics and the evaluation driver with its report."""
