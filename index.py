@@ -13,50 +13,18 @@ Search (any --query switches to search mode; the model is the manifest's unless 
 Encoding is chunked and cached under --cache_dir, so an interrupted build resumes from the chunks already encoded.
 """
 
-from dataclasses import dataclass, field
-
-from transformers import HfArgumentParser
-
-from ttsn_hf.errors import UserInputError, cli_entry
+from ttsn_hf.arguments import IndexArguments, parse_args
+from ttsn_hf.errors import cli_entry
 from ttsn_hf.retrieval.encoding import make_accelerator
-from ttsn_hf.retrieval.mining import DEFAULT_CACHE_DIR
-
-
-@dataclass
-class IndexArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to encode with."})
-    esci_dir: str | None = field(default=None, metadata={"help": "ESCI data: official folder, file or dataset."})
-    data_dir: str | None = field(default=None, metadata={"help": "Prepared data (its catalogue/)."})
-    output_dir: str = field(default="index", metadata={"help": "Index folder to write."})
-    index_factory: str = field(
-        default="Flat",
-        metadata={
-            "help": "faiss index_factory: Flat (exact), HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
-            "3x faster builds, bench/RESULTS.md)."
-        },
-    )
-    batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
-    bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
-    chunk_size: int = field(default=50_000, metadata={"help": "Products per encoding chunk (resume unit)."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Catalogue embedding cache."})
-    query: list[str] = field(
-        default_factory=list, metadata={"help": "Search mode: query strings (repeatable).", "action": "extend"}
-    )
-    index_dir: str | None = field(default=None, metadata={"help": "Index folder to search (default --output_dir)."})
-    top_k: int = field(default=10, metadata={"help": "Products returned per query."})
 
 
 @cli_entry
 def main(argv: list[str] | None = None):
-    (args,) = HfArgumentParser(IndexArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_args((IndexArguments,), argv)
     return search(args) if args.query else build(args)
 
 
 def build(args: IndexArguments):
-    if args.model_name_or_path is None:
-        raise UserInputError("building an index needs --model_name_or_path (or pass --query to search one)")
-    if (args.esci_dir is None) == (args.data_dir is None):
-        raise UserInputError("give exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
     from ttsn_hf.data.esci import load_esci
     from ttsn_hf.modeling.model import load_model
     from ttsn_hf.retrieval.indexing import build_catalogue_index
@@ -64,7 +32,7 @@ def build(args: IndexArguments):
 
     accelerator = make_accelerator()
     model = load_model(args.model_name_or_path).to(accelerator.device)
-    data = load_mining_input(load_esci(args.esci_dir or args.data_dir))
+    data = load_mining_input(load_esci(args.data_source))
     folder = build_catalogue_index(
         model,
         data.product_ids,

@@ -7,9 +7,8 @@ import logging
 
 from accelerate import PartialState
 
-from ttsn_hf.cli import parse_args
+from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments, parse_args
 from ttsn_hf.errors import cli_entry
-from ttsn_hf.training.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
 from ttsn_hf.training.run import TrainingRun, configure_threads
 
 SEED_ALIASES = {
@@ -23,7 +22,7 @@ SEED_ALIASES = {
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_args, data_args, schedule_args, training_args = parse_args(
-        (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments), SEED_ALIASES
+        (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments), aliases=SEED_ALIASES
     )
     configure_threads(data_args.num_threads)
     TrainingRun(model_args, data_args, schedule_args, training_args).run()

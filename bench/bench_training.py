@@ -32,11 +32,11 @@ from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, print_table, write_
 from transformers import AutoModel, TrainerCallback  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices  # noqa: E402
 
+from ttsn_hf.arguments import TwoTowerTrainingArguments  # noqa: E402
 from ttsn_hf.data.esci import load_esci  # noqa: E402
 from ttsn_hf.data.stages import build_stage  # noqa: E402
 from ttsn_hf.losses import CombinedLoss  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
-from ttsn_hf.training.arguments import TwoTowerTrainingArguments  # noqa: E402
 from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs  # noqa: E402
 from ttsn_hf.training.run import known_positives  # noqa: E402
 from ttsn_hf.training.trainer import LOSS_INPUTS, MODEL_INPUTS, TwoTowerTrainer  # noqa: E402

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, write_json  # noqa: E402
 
 from ttsn_hf.data.esci import load_esci  # noqa: E402
-from ttsn_hf.evaluation.evaluate import bm25_run, compare, dense_run, rrf_fuse, split_queries  # noqa: E402
+from ttsn_hf.evaluation.evaluate import bm25_run, compare, dense_run, queries_and_qrels, rrf_fuse  # noqa: E402
 from ttsn_hf.evaluation.metrics import evaluate_run  # noqa: E402
 from ttsn_hf.modeling.model import load_model  # noqa: E402
 from ttsn_hf.retrieval.encoding import encode_catalogue  # noqa: E402
@@ -98,7 +98,7 @@ def write_fold(examples: pd.DataFrame, held_out: list[str], folder: Path, esci_d
 
 def train_config(overrides: dict, fold_dir: Path, output_dir: Path, seed: int) -> dict:
     """Train one config on one fold in-process (what ``train.py`` does), return the schedule state."""
-    from ttsn_hf.training.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+    from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
     from ttsn_hf.training.run import TrainingRun, configure_threads
 
     data = DataArguments(esci_dir=str(fold_dir), **overrides.get("data", {}))
@@ -128,7 +128,7 @@ class Scorer:
         esci = load_esci(esci_dir, **options)
         self.catalogue = esci.catalogue.to_pandas().astype({"product_id": str})
         self.judgements = esci.judgements.to_pandas().assign(split="all")
-        self.queries, self.qrels = split_queries(self.judgements, "all")
+        self.queries, self.qrels = queries_and_qrels(self.judgements, "all")
         self.product_ids = self.catalogue["product_id"].tolist()
         self.texts = self.catalogue["product_text"].fillna("").tolist()
         self._bm25 = None

@@ -37,3 +37,17 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
     BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def load_cli():
+    """``load_cli("eval")``: a top-level script (eval.py, prepare.py, ...) imported as a module, to call its main."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

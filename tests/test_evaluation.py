@@ -14,9 +14,9 @@ from ttsn_hf.evaluation.evaluate import (
     evaluate_model,
     evaluate_systems,
     markdown_table,
+    queries_and_qrels,
     rrf_fuse,
     run_evaluation,
-    split_queries,
 )
 from ttsn_hf.evaluation.metrics import evaluate_run, metric_names
 from ttsn_hf.retrieval.bm25 import BM25Retriever
@@ -103,12 +103,12 @@ def test_split_queries_and_errors():
         {"query_id": [1, 1, 2], "query": ["x", "x", "y"], "product_id": ["a", "b", "a"],
          "esci_label": ["E", "I", "S"], "split": ["test", "test", "train"]}
     )  # fmt: skip
-    queries, qrels = split_queries(judgements, "test")
+    queries, qrels = queries_and_qrels(judgements, "test")
     assert queries == {"1": "x"} and qrels == {"1": {"a": "E", "b": "I"}}
     with pytest.raises(UserInputError, match="no judgements in split 'dev'"):
-        split_queries(judgements, "dev")
+        queries_and_qrels(judgements, "dev")
     with pytest.raises(UserInputError, match="esci_label"):
-        split_queries(judgements.drop(columns="esci_label"), "test")
+        queries_and_qrels(judgements.drop(columns="esci_label"), "test")
 
 
 def test_evaluate_systems_compares_the_model_with_each_system():
@@ -129,7 +129,7 @@ def test_bm25_on_the_esci_sample_matches_the_reference(esci_sample):
     from ttsn_hf.data.esci import load_esci
 
     data = load_esci(esci_sample)
-    queries, qrels = split_queries(data.judgements.to_pandas(), "test")
+    queries, qrels = queries_and_qrels(data.judgements.to_pandas(), "test")
     catalogue = data.catalogue.to_pandas()
     run = bm25_run(queries, catalogue["product_id"].tolist(), catalogue["product_text"].tolist(), top_k=100)
     summary, _ = evaluate_run(run, qrels)
@@ -186,7 +186,7 @@ def test_eval_with_a_saved_index_matches_re_encoding(tiny_esci, tiny_encoder_dir
     indexed = run_evaluation(EvalArguments(output_dir=str(tmp_path / "b"), index_dir=str(index_dir), **common))
     for name in metric_names():
         assert indexed[name] == pytest.approx(encoded[name])
-    queries, qrels = split_queries(load_esci(tiny_esci).judgements.to_pandas(), "test")
+    queries, qrels = queries_and_qrels(load_esci(tiny_esci).judgements.to_pandas(), "test")
     in_memory, _ = evaluate_model(model, queries, qrels, catalogue["product_id"].tolist(), catalogue["product_text"])
     assert in_memory == {key: encoded[key] for key in in_memory}
     assert (tmp_path / "b" / "per_query.jsonl").read_text() == (tmp_path / "a" / "per_query.jsonl").read_text()

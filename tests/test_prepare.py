@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ttsn_hf.data.esci import EXAMPLES_FILE, PRODUCTS_FILE
-from ttsn_hf.data.stages import build_stage, load_hard_negatives, load_prepared, main, prepare
+from ttsn_hf.data.stages import build_stage, load_hard_negatives, load_prepared, prepare
 from ttsn_hf.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_train_py_consumes_the_prepared_folder(prepared):
     from transformers import AutoTokenizer
 
     from ttsn_hf import default_base_model
-    from ttsn_hf.training.arguments import DataArguments
+    from ttsn_hf.arguments import DataArguments
     from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs
     from ttsn_hf.training.run import known_positives, load_training_data
 
@@ -274,7 +274,7 @@ def test_stage2_needs_hard_negatives(prepared):
 # ---------------------------------------------------------------- the CLI
 
 
-def run_cli(*args: str, script: tuple[str, ...] = ("-m", "ttsn_hf.data.stages")) -> subprocess.CompletedProcess:
+def run_cli(*args: str, script: tuple[str, ...] = ("prepare.py",)) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run(
         [sys.executable, *script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
@@ -349,13 +349,13 @@ def corrupt(kind: str, folder: Path, raw) -> Path:
         ("encoding", "rows.csv: not UTF-8 text"),
     ],
 )
-def test_cli_bad_input_exits_2_and_leaves_output_alone(kind, message, raw, tmp_path, capsys):
+def test_cli_bad_input_exits_2_and_leaves_output_alone(kind, message, raw, tmp_path, capsys, load_cli):
     source = corrupt(kind, tmp_path / "esci", raw)
     output = tmp_path / "out"
     output.mkdir()
     (output / "keep.txt").write_text("earlier output")
     with pytest.raises(SystemExit) as exit_info:
-        main(["--esci_dir", str(source), "--output_dir", str(output)])
+        load_cli("prepare").main(["--esci_dir", str(source), "--output_dir", str(output)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert [path.name for path in output.iterdir()] == ["keep.txt"]

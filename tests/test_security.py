@@ -37,7 +37,7 @@ def test_folder_without_config_is_a_clear_error(tmp_path):
 
 
 def test_hub_token_is_masked_in_training_arguments():
-    from ttsn_hf.training.arguments import TwoTowerTrainingArguments
+    from ttsn_hf.arguments import TwoTowerTrainingArguments
 
     args = TwoTowerTrainingArguments(output_dir="x", hub_token="hf_secret_value")
     assert "hf_secret_value" not in repr(args) and "hf_secret_value" not in str(args.to_dict())

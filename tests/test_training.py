@@ -14,8 +14,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from ttsn_hf import TwoTowerModel
+from ttsn_hf.arguments import TwoTowerTrainingArguments
 from ttsn_hf.errors import HubUnreachableError, NonFiniteLossError
-from ttsn_hf.training.arguments import TwoTowerTrainingArguments
 from ttsn_hf.training.collator import TwoTowerCollator
 from ttsn_hf.training.trainer import TwoTowerTrainer
 
@@ -80,8 +80,7 @@ def test_loss_components_are_logged_and_card_is_written(minilm_run):
 
 
 def test_loss_options_reach_the_loss(esci_sample, tmp_path):
-    from ttsn_hf.cli import parse_args
-    from ttsn_hf.training.arguments import DataArguments, ModelArguments, ScheduleArguments
+    from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, parse_args
     from ttsn_hf.training.run import TrainingRun
 
     types = (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments)

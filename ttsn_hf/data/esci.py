@@ -26,13 +26,12 @@ import pandas as pd
 import pyarrow
 
 from ..errors import UserInputError
+from ..labels import LABEL_NAMES, LABELS
 
 logger = logging.getLogger(__name__)
 
 EXAMPLES_FILE = "shopping_queries_dataset_examples.parquet"
 PRODUCTS_FILE = "shopping_queries_dataset_products.parquet"
-LABELS = ("E", "S", "C", "I")
-LABEL_NAMES = {"exact": "E", "substitute": "S", "complement": "C", "irrelevant": "I"}
 SPLITS = ("train", "test")
 DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Colour: {color}. {bullets} {description}"
 DEFAULT_MAX_TEXT_CHARS = 1000

@@ -23,9 +23,7 @@ import logging
 import os
 import re
 import shutil
-import sys
 import zlib
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -34,11 +32,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
-from ..cli import parse_args
-from ..errors import UserInputError, cli_entry
+from ..errors import UserInputError
+from ..labels import NEGATIVE_LABELS, POSITIVE_LABELS_BY_STAGE
 from .esci import (
-    DEFAULT_MAX_TEXT_CHARS,
-    DEFAULT_TEMPLATE,
     EsciData,
     describe_rows,
     load_esci,
@@ -49,8 +45,6 @@ from .esci import (
 logger = logging.getLogger(__name__)
 
 STAGES = (1, 2, 3)
-POSITIVE_LABELS = {1: ("E", "S"), 2: ("E", "S"), 3: ("E", "S", "C")}
-NEGATIVE_LABELS = ("I",)
 SOURCES = ("judged", "random", "mined", "pseudo")
 STAGE_FEATURES = datasets.Features(
     {
@@ -181,8 +175,8 @@ def stage_rows(
     :func:`load_hard_negatives`.
     """
     judged = judgements[judgements["query_id"].isin(set(query_ids))]
-    used = judged[judged["esci_label"].isin(POSITIVE_LABELS[stage] + NEGATIVE_LABELS)]
-    used = used.assign(target=used["esci_label"].isin(POSITIVE_LABELS[stage]).astype("int64"), source="judged")
+    used = judged[judged["esci_label"].isin(POSITIVE_LABELS_BY_STAGE[stage] + NEGATIVE_LABELS)]
+    used = used.assign(target=used["esci_label"].isin(POSITIVE_LABELS_BY_STAGE[stage]).astype("int64"), source="judged")
     catalogue_ids = catalogue["product_id"].to_numpy(dtype=object)
     random = _random_negatives(judged, sorted(query_ids), catalogue_ids, num_random_negatives, seed)
     parts = [used, random.assign(esci_label="", target=0, source="random")]
@@ -408,65 +402,3 @@ def load_prepared(data_dir: str | os.PathLike) -> tuple[EsciData, dict[int, data
     if not stages:
         raise UserInputError(f"{folder}: holds no stage1/2/3 folder; run `python prepare.py` first")
     return esci, stages
-
-
-# ---------------------------------------------------------------- CLI
-
-
-@dataclass
-class PrepareArguments:
-    esci_dir: str = field(
-        metadata={"help": "Official ESCI folder, a CSV/Parquet/JSONL table, a saved datasets folder or a Hub id."}
-    )
-    output_dir: str = field(default="data", metadata={"help": "Where catalogue/, judgements/, stageN/ go."})
-    hard_negatives: str | None = field(
-        default=None, metadata={"help": "Mined hard negatives (parquet/csv/jsonl: query_id, product_id[, rank])."}
-    )
-    stages: str | None = field(default=None, metadata={"help": "Comma-separated stages; default 1,3 or 1,2,3."})
-    seed: int = field(default=42)
-    locale: str = field(default="us", metadata={"help": "product_locale to keep; '' keeps all."})
-    small_version: int = field(default=1, metadata={"help": "1: the small version only; 0: all rows."})
-    split: str | None = field(default=None, metadata={"help": "Keep only this ESCI split (train/test)."})
-    validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
-    num_random_negatives: int = field(
-        default=DEFAULT_NUM_RANDOM_NEGATIVES, metadata={"help": "Random catalogue negatives per query."}
-    )
-    hard_negatives_per_query: int | None = field(
-        default=DEFAULT_HARD_NEGATIVES_PER_QUERY, metadata={"help": "Cap on mined negatives per query (best first)."}
-    )
-    text_template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Product text template."})
-    max_text_chars: int = field(default=DEFAULT_MAX_TEXT_CHARS, metadata={"help": "Product text length cap."})
-    allow_missing_titles: bool = field(
-        default=False, metadata={"help": "Render products without a title from their other fields."}
-    )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for the product-text map."})
-
-
-def parse_stages(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        raise UserInputError(f"--stages must be comma-separated stage numbers like 1,2,3; got {text!r}") from None
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = parse_args((PrepareArguments,), argv=argv)
-    options = asdict(args)
-    summary = prepare(
-        options.pop("esci_dir"),
-        options.pop("output_dir"),
-        hard_negatives=options.pop("hard_negatives"),
-        stages=parse_stages(options.pop("stages")),
-        **options,
-    )
-    json.dump(summary, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return summary
-
-
-if __name__ == "__main__":
-    main()

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pandas as pd
 
+from ..arguments import EvalArguments
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
 from ..retrieval.bm25 import BM25Retriever
@@ -28,39 +29,6 @@ Qrels = dict[str, dict[str, str]]
 
 MAIN_SYSTEM = "model"
 METRIC_LABELS = {"recall@10": "Recall@10", "mrr": "MRR", "ndcg@10": "nDCG@10"}
-
-
-@dataclass
-class EvalArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Two-tower model folder (or base encoder) to evaluate; default: the index's model."},
-    )
-    esci_dir: str | None = field(default=None, metadata={"help": "ESCI data (official layout or plain files)."})
-    data_dir: str | None = field(
-        default=None, metadata={"help": "Prepared data from prepare.py (catalogue/ and judgements/)."}
-    )
-    split: str = field(default="test", metadata={"help": "Which judgements' split to evaluate."})
-    output_dir: str = field(default="eval", metadata={"help": "Where the report is written."})
-    baseline: str = field(
-        default="base",
-        metadata={"help": "Baseline encoder: 'base' (the untrained base encoder), a model path, or 'none'."},
-    )
-    bm25: bool = field(default=True, metadata={"help": "Also evaluate BM25 (bm25s) over the product texts."})
-    hybrid: bool = field(
-        default=False, metadata={"help": "Also evaluate reciprocal-rank fusion (k=60) of the model and BM25."}
-    )
-    index_dir: str | None = field(
-        default=None, metadata={"help": "A saved index from index.py: its product embeddings serve the model."}
-    )
-    batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
-    bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
-    top_k: int = field(default=100, metadata={"help": "Retrieval depth (MRR is computed within it)."})
-    bootstrap_samples: int = field(default=10000, metadata={"help": "Paired-bootstrap resamples for the CIs."})
-    seed: int = field(default=0, metadata={"help": "Bootstrap seed."})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": "Cache folder for catalogue embeddings (reused while model and data match)."}
-    )
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
@@ -139,7 +107,7 @@ def bm25_run(
 # ------------------------------------------------------------------------------------------------ scoring
 
 
-def split_queries(judgements: pd.DataFrame, split: str) -> tuple[dict[str, str], Qrels]:
+def queries_and_qrels(judgements: pd.DataFrame, split: str) -> tuple[dict[str, str], Qrels]:
     """The queries (query_id -> text) and qrels (query_id -> {product_id: label}) of one split."""
     for column in ("query_id", "query", "product_id", "esci_label", "split"):
         if column not in judgements.columns:
@@ -301,9 +269,7 @@ def load_eval_data(args: EvalArguments) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The catalogue (product_id, product_text) and judgements as DataFrames, from --esci_dir or --data_dir."""
     from ..data.esci import load_esci
 
-    if bool(args.esci_dir) == bool(args.data_dir):
-        raise UserInputError("pass exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
-    data = load_esci(args.esci_dir or args.data_dir)
+    data = load_esci(args.data_source)
     catalogue, judgements = data.catalogue.to_pandas(), data.judgements.to_pandas()
     if catalogue.empty:
         raise UserInputError(f"{data.source}: the catalogue is empty, nothing to retrieve")
@@ -374,7 +340,7 @@ def build_runs(
 def run_evaluation(args: EvalArguments) -> dict:
     """Evaluate the model against the baseline, BM25 (and the hybrid), write the report, return the metrics."""
     catalogue, judgements = load_eval_data(args)
-    queries, qrels = split_queries(judgements, args.split)
+    queries, qrels = queries_and_qrels(judgements, args.split)
     product_ids, product_texts = catalogue["product_id"].tolist(), catalogue["product_text"].fillna("").tolist()
     runs, names = build_runs(args, queries, product_ids, product_texts)
     metrics, per_query = evaluate_systems(

@@ -13,10 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-ESCI_GAINS: dict[str, float] = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
-EXACT_GAINS: dict[str, float] = {"E": 1.0, "S": 0.0, "C": 0.0, "I": 0.0}
-RELEVANT_LABELS = frozenset({"E", "S"})
-EXACT_LABELS = frozenset({"E"})
+from ..labels import ESCI_GAINS, EXACT_GAINS, EXACT_LABELS, RELEVANT_LABELS
 
 
 def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int = 10) -> float:

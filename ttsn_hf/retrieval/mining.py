@@ -43,6 +43,7 @@ import pandas as pd
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
+from ..labels import LABELS, POSITIVE_LABELS_BY_STAGE
 from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
 from .indexing import chunked_knn
 
@@ -117,8 +118,8 @@ def mine_hard_negatives(
     chunk_size: int = 50_000,
     seed: int = 42,
     accelerator: Any = None,
-    positive_labels: Sequence[str] = ("E", "S"),
-    excluded_labels: Sequence[str] = ("E", "S", "C", "I"),
+    positive_labels: Sequence[str] = POSITIVE_LABELS_BY_STAGE[1],
+    excluded_labels: Sequence[str] = LABELS,
     positive_reference: Literal["mean", "min"] = "mean",
 ) -> pd.DataFrame:
     """Mine hard negatives for the training queries of ``source`` (see ``load_mining_input``) with ``model``.

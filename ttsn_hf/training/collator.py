@@ -10,7 +10,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-DEFAULT_LABEL_WEIGHTS = {"E": 1.0, "S": 0.5, "C": 0.25, "I": 1.0, "": 1.0}
+from ..labels import DEFAULT_LABEL_WEIGHTS
 
 
 def product_key(product_id: str) -> int:

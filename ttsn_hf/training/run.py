@@ -14,12 +14,13 @@ import datasets
 import torch
 from transformers import TrainerCallback
 
+from ..arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import HubUnreachableError, UserInputError
+from ..labels import KNOWN_POSITIVE_LABELS
 from ..losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
 from ..modeling.hub import ensure_hub_reachable
 from ..modeling.model import TwoTowerModel, load_model
-from .arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
 from .collator import TwoTowerCollator, tokenize_pairs
 from .schedule import Stage, build_schedule
 from .trainer import TwoTowerTrainer
@@ -294,6 +295,6 @@ def known_positives(judgements: datasets.Dataset) -> dict[str, list[str]]:
     """query_id -> products judged E, S or C: never a negative of that query in the in-batch loss."""
     positives: dict[str, list[str]] = {}
     for row in judgements.select_columns(["query_id", "product_id", "esci_label"]).to_pandas().itertuples():
-        if row.esci_label in ("E", "S", "C"):
+        if row.esci_label in KNOWN_POSITIVE_LABELS:
             positives.setdefault(row.query_id, []).append(row.product_id)
     return positives

@@ -1,0 +1,387 @@
+"""Every command-line argument, in one place: shared dataclasses that check themselves, and the one parser.
+
+Each script parses through :func:`parse_args` into dataclasses of this module. Shared pieces: the data source
+(``--esci_dir`` or ``--data_dir``, never both), the output location (a folder, or a file for mine.py). Bad input,
+an unknown or abbreviated flag included, raises :class:`~ttsn_hf.errors.UserInputError`: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from .data.esci import DEFAULT_MAX_TEXT_CHARS, DEFAULT_TEMPLATE
+from .data.stages import DEFAULT_NUM_RANDOM_NEGATIVES
+from .errors import UserInputError
+from .labels import DEFAULT_LABEL_WEIGHTS_TEXT, parse_label_weights
+from .retrieval.mining import DEFAULT_CACHE_DIR
+
+DEFAULT_DATA_DIR = "data"
+# TrainingArguments options that --help shows (all of them are accepted; --help-all lists every one)
+BRIEF_TRAINING_OPTIONS = {
+    "output_dir", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "bf16", "seed", "max_steps", "logging_steps", "report_to", "resume_from_checkpoint", "save_total_limit",
+    "dataloader_num_workers", "gradient_checkpointing", "push_to_hub", "hub_model_id", "hub_private_repo",
+    "warmup_steps", "weight_decay",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str):  # argparse would print the whole usage, then exit
+        raise UserInputError(f"{message} (see --help)")
+
+
+def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: dict[str, str] | None = None):
+    """Parse ``argv`` into instances of ``dataclass_types``; flags must match exactly (no abbreviations).
+
+    ``aliases`` maps old flag names onto the canonical ones. ``--help`` lists this package's options first and a
+    short list of ``TrainingArguments``; ``--help-all`` lists every option.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [_rename(arg, aliases or {}) for arg in argv]
+    parser = _Parser(dataclass_types, allow_abbrev=False)
+    if "--help-all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    if any(issubclass(kind, TrainingArguments) for kind in dataclass_types):
+        _brief_help(parser)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise UserInputError(_unknown_flag_message(unknown, parser))
+    return tuple(parsed)
+
+
+def _rename(arg: str, aliases: dict[str, str]) -> str:
+    name, sep, value = arg.partition("=")
+    return aliases.get(name, name) + sep + value
+
+
+def _brief_help(parser: argparse.ArgumentParser) -> None:
+    shown = BRIEF_TRAINING_OPTIONS | set(TwoTowerTrainingArguments.__annotations__)  # ours and re-defaulted ones
+    training = {spec.name for spec in fields(TrainingArguments)}
+    for action in parser._actions:
+        if action.dest in training and action.dest not in shown:
+            action.help = argparse.SUPPRESS
+    parser.epilog = "Every transformers TrainingArguments option is accepted too: --help-all lists them all."
+
+
+def _unknown_flag_message(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    flag = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
+    known = [option for action in parser._actions for option in action.option_strings]
+    close = difflib.get_close_matches(flag.split("=")[0], known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else "; see --help"
+    return f"unknown argument {flag!r}{hint}"
+
+
+# ---------------------------------------------------------------------------------------------- shared pieces
+
+
+def check_output_path(path: str | Path, flag: str, folder: bool = True) -> None:
+    """An output must be writable as what it is: a folder (or a file) that is not blocked by a file (or folder)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        what = "a file" if folder else "a folder"
+        raise UserInputError(f"{flag} {path}: exists and is {what}; pass a {'folder' if folder else 'file'} path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserInputError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+
+
+@dataclass
+class DataSourceArguments:
+    """Where the ESCI data comes from: raw files (``--esci_dir``) or prepared data (``--data_dir``), not both.
+    With neither, ``data/`` is used when ``prepare.py`` wrote it there."""
+
+    esci_dir: str | None = field(
+        default=None,
+        metadata={"help": "ESCI data: the official folder, a CSV/Parquet/JSONL table, a saved datasets folder."},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Prepared data from `python prepare.py` (default data/ when it exists)."}
+    )
+
+    def __post_init__(self):
+        if self.esci_dir and self.data_dir:
+            raise UserInputError("pass one of --esci_dir (ESCI data) and --data_dir (prepared data), not both")
+        if not self.esci_dir and not self.data_dir and Path(DEFAULT_DATA_DIR, "summary.json").is_file():
+            self.data_dir = DEFAULT_DATA_DIR
+
+    @property
+    def data_source(self) -> str:
+        """The folder or file to load; a missing source is a one-line error."""
+        if not (self.esci_dir or self.data_dir):
+            raise UserInputError(
+                "no data: pass --esci_dir (ESCI files) or --data_dir (from `python prepare.py`; default data/)"
+            )
+        return self.esci_dir or self.data_dir
+
+
+# ---------------------------------------------------------------------------------------------- train.py
+
+
+@dataclass(repr=False)  # keep TrainingArguments' repr, which masks tokens
+class TwoTowerTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with defaults for the stage schedule: evaluate and checkpoint every epoch."""
+
+    output_dir: str | None = field(default="checkpoints", metadata={"help": "Where epoch_N/, best_model/ go."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Pairs per batch and process."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Pairs per eval batch and process."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to compute the validation loss."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoint-N for resuming."})
+    save_total_limit: int | None = field(default=1, metadata={"help": "checkpoint-N folders kept per stage."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss components every N steps."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Linear warm-up: steps, or a ratio in [0, 1)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the pair columns."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "none, tensorboard, ..."})
+    train_sampling_strategy: str = field(
+        default="group_by_length", metadata={"help": "group_by_length batches products of similar length."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume an interrupted run: 'true' picks the newest complete checkpoint of the stage it stopped "
+            "in; a path (OUTPUT/stageN/checkpoint-M) resumes that stage, and the stages after it start fresh."
+        },
+    )
+
+    def __post_init__(self):
+        check_output_path(self.output_dir, "--output_dir")
+        if not torch.cuda.is_available():
+            self.use_cpu = True  # bf16 autocast on the CPU; gloo when several CPU processes are launched
+        super().__post_init__()
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base encoder (local folder or hub id); default: packaged all-MiniLM-L6-v2."}
+    )
+    tie_towers: bool = field(default=True, metadata={"help": "One encoder for queries and products."})
+    query_max_length: int = field(default=32, metadata={"help": "Query token limit."})
+    product_max_length: int = field(default=128, metadata={"help": "Product token limit."})
+
+
+@dataclass
+class DataArguments(DataSourceArguments):
+    hard_negatives: str | None = field(
+        default=None, metadata={"help": "Mined negatives (parquet); default: mined after stage 1."}
+    )
+    num_random_negatives: int = field(
+        default=DEFAULT_NUM_RANDOM_NEGATIVES, metadata={"help": "Random catalogue negatives per query."}
+    )
+    pseudo_queries: int = field(
+        default=0, metadata={"help": "Catalogue products given a pseudo-query from their title (domain adaptation)."}
+    )
+    validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap the training pairs (for quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the validation pairs."})
+    num_threads: int = field(default=0, metadata={"help": "Torch CPU threads per process; 0: cores / processes."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.validation_fraction < 1:
+            raise UserInputError(f"--validation_fraction must be in [0, 1); got {self.validation_fraction}")
+        if self.num_random_negatives < 0:
+            raise UserInputError(f"--num_random_negatives must be >= 0; got {self.num_random_negatives}")
+
+
+@dataclass
+class ScheduleArguments:
+    stage: str = field(default="all", metadata={"help": "1, 2, 3 or all.", "choices": ["1", "2", "3", "all"]})
+    stage_epochs: str = field(default="2,1,2", metadata={"help": "Epochs of stages 1,2,3."})
+    stage_learning_rates: str = field(default="2e-5,2e-5,2e-6", metadata={"help": "Learning rates of stages 1,2,3."})
+    temperature: float = field(default=0.05, metadata={"help": "In-batch InfoNCE temperature."})
+    mask_false_negatives: bool = field(
+        default=True, metadata={"help": "Keep the query's known positives out of its in-batch negatives."}
+    )
+    margin: float = field(default=0.5, metadata={"help": "Contrastive margin (cosine distance)."})
+    contrastive_weight: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss."})
+    infonce_weight: float = field(default=1.0, metadata={"help": "Weight of the in-batch InfoNCE loss."})
+    label_weights: str = field(default=DEFAULT_LABEL_WEIGHTS_TEXT, metadata={"help": "Pair weight per ESCI label."})
+    mining_num_negatives: int = field(default=10, metadata={"help": "Hard negatives mined per query."})
+    mining_relative_margin: float = field(
+        default=0.05, metadata={"help": "Mined negatives score below (1 - this) x the positives' score."}
+    )
+
+    def __post_init__(self):
+        self.epochs_per_stage = _three("--stage_epochs", self.stage_epochs, int)
+        self.learning_rates = _three("--stage_learning_rates", self.stage_learning_rates, float)
+        if any(count < 1 for count in self.epochs_per_stage):
+            raise UserInputError(f"--stage_epochs: every stage needs at least 1 epoch; got {self.stage_epochs}")
+        self.parsed_label_weights()  # a malformed --label_weights fails here, before any work
+
+    def parsed_label_weights(self) -> dict[str, float]:
+        return parse_label_weights(self.label_weights)
+
+
+def _three(flag: str, text: str, kind: type) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise UserInputError(
+            f"{flag}: expected three comma-separated {kind.__name__} values (stages 1,2,3); got {text!r}"
+        )
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- prepare.py
+
+
+@dataclass
+class PrepareArguments(DataSourceArguments):
+    output_dir: str = field(default=DEFAULT_DATA_DIR, metadata={"help": "Where catalogue/, judgements/, stageN/ go."})
+    hard_negatives: str | None = field(
+        default=None, metadata={"help": "Mined hard negatives (parquet/csv/jsonl: query_id, product_id[, rank])."}
+    )
+    stages: str | None = field(default=None, metadata={"help": "Comma-separated stages; default 1,3 or 1,2,3."})
+    seed: int = field(default=42)
+    locale: str = field(default="us", metadata={"help": "product_locale to keep; '' keeps all."})
+    small_version: int = field(default=1, metadata={"help": "1: the small version only; 0: all rows."})
+    split: str | None = field(default=None, metadata={"help": "Keep only this ESCI split (train/test)."})
+    validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
+    num_random_negatives: int = field(
+        default=DEFAULT_NUM_RANDOM_NEGATIVES, metadata={"help": "Random catalogue negatives per query."}
+    )
+    hard_negatives_per_query: int | None = field(
+        default=None, metadata={"help": "Cap on mined negatives per query (best first)."}
+    )
+    text_template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Product text template."})
+    max_text_chars: int = field(default=DEFAULT_MAX_TEXT_CHARS, metadata={"help": "Product text length cap."})
+    allow_missing_titles: bool = field(
+        default=False, metadata={"help": "Render products without a title from their other fields."}
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes for the product-text map."})
+
+    def __post_init__(self):
+        if self.data_dir:
+            raise UserInputError("prepare.py reads raw ESCI data: pass --esci_dir, not --data_dir")
+        if not self.esci_dir:
+            raise UserInputError("prepare.py needs --esci_dir (the official ESCI folder, or a table or dataset)")
+        check_output_path(self.output_dir, "--output_dir")
+        self.stage_list = _stage_list(self.stages)
+
+
+def _stage_list(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UserInputError(f"--stages must be comma-separated stage numbers like 1,2,3; got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------- mine.py
+
+
+@dataclass
+class MineArguments(DataSourceArguments):
+    model_name_or_path: str = field(
+        default=None,
+        metadata={"aliases": ["--checkpoint"], "help": "Checkpoint (two-tower folder) or base encoder to mine with."},
+    )
+    output: str = field(default="data/hard_negatives_stage2.parquet", metadata={"help": "Parquet file to write."})
+    num_negatives: int = field(default=10, metadata={"help": "Negatives per query."})
+    margin: float | None = field(default=None, metadata={"help": "Absolute margin: score <= positive - margin."})
+    relative_margin: float = field(
+        default=0.05, metadata={"help": "Relative margin: score <= positive - |positive| * r; negative disables."}
+    )
+    range_min: int = field(default=0, metadata={"help": "Skip this many best valid candidates."})
+    range_max: int | None = field(default=None, metadata={"help": "Search depth (default as sentence-transformers)."})
+    sampling_strategy: str = field(default="top", metadata={"help": "top or random", "choices": ["top", "random"]})
+    batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Catalogue embedding cache."})
+    chunk_size: int = field(default=50_000, metadata={"help": "Products per encoding / search chunk."})
+    seed: int = field(default=42, metadata={"help": "Seed of random sampling."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model_name_or_path:
+            raise UserInputError("mine.py needs --model_name_or_path (or --checkpoint): the model to mine with")
+        check_output_path(self.output, "--output", folder=False)
+
+
+# ---------------------------------------------------------------------------------------------- index.py
+
+
+@dataclass
+class IndexArguments(DataSourceArguments):
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to encode with."})
+    output_dir: str = field(default="index", metadata={"help": "Index folder to write."})
+    index_factory: str = field(
+        default="Flat",
+        metadata={
+            "help": "faiss index_factory: Flat (exact), HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
+            "3x faster builds, bench/RESULTS.md)."
+        },
+    )
+    batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
+    chunk_size: int = field(default=50_000, metadata={"help": "Products per encoding chunk (resume unit)."})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Catalogue embedding cache."})
+    query: list[str] = field(
+        default_factory=list, metadata={"help": "Search mode: query strings (repeatable).", "action": "extend"}
+    )
+    index_dir: str | None = field(default=None, metadata={"help": "Index folder to search (default --output_dir)."})
+    top_k: int = field(default=10, metadata={"help": "Products returned per query."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.query:
+            return
+        if self.model_name_or_path is None:
+            raise UserInputError("building an index needs --model_name_or_path (or pass --query to search one)")
+        check_output_path(self.output_dir, "--output_dir")
+
+
+# ---------------------------------------------------------------------------------------------- eval.py
+
+
+@dataclass
+class EvalArguments(DataSourceArguments):
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Two-tower model folder (or base encoder) to evaluate; default: the index's model."},
+    )
+    split: str = field(default="test", metadata={"help": "Which judgements' split to evaluate."})
+    output_dir: str = field(default="eval", metadata={"help": "Where the report is written."})
+    baseline: str = field(
+        default="base",
+        metadata={"help": "Baseline encoder: 'base' (the untrained base encoder), a model path, or 'none'."},
+    )
+    bm25: bool = field(default=True, metadata={"help": "Also evaluate BM25 (bm25s) over the product texts."})
+    hybrid: bool = field(
+        default=False, metadata={"help": "Also evaluate reciprocal-rank fusion (k=60) of the model and BM25."}
+    )
+    index_dir: str | None = field(
+        default=None, metadata={"help": "A saved index from index.py: its product embeddings serve the model."}
+    )
+    batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
+    top_k: int = field(default=100, metadata={"help": "Retrieval depth (MRR is computed within it)."})
+    bootstrap_samples: int = field(default=10000, metadata={"help": "Paired-bootstrap resamples for the CIs."})
+    seed: int = field(default=0, metadata={"help": "Bootstrap seed."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache folder for catalogue embeddings (reused while model and data match)."}
+    )
+    update_model_card: bool = field(
+        default=False, metadata={"help": "Also write the metrics into the evaluated model folder's card (README.md)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.data_source  # noqa: B018 (a missing data source fails here, before any model is loaded)
+        check_output_path(self.output_dir, "--output_dir")
