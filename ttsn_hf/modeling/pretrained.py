@@ -11,7 +11,6 @@ import importlib.util
 import logging
 from pathlib import Path
 
-import httpx2
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
@@ -65,8 +64,8 @@ def resolve_pretrained(name_or_path: str | Path) -> Path:
         raise UserInputError(
             f"model {name!r} not found: no such local folder, and no such (public) model on the Hub"
         ) from None
-    except (httpx2.HTTPError, OSError) as error:
-        return _offline_copy(name, f"{type(error).__name__}")
+    except Exception as error:  # noqa: BLE001 - any failure to talk to the Hub (timeout, refused, 5xx, proxy)
+        return _offline_copy(name, type(error).__name__)
     return Path(snapshot_download(name, revision=info.sha, allow_patterns=ALLOW_PATTERNS, etag_timeout=HUB_TIMEOUT_S))
 
 

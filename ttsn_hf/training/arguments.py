@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..extras import require
+
 
 @dataclass(repr=False)  # keep TrainingArguments' repr, which masks tokens
 class TwoTowerTrainingArguments(TrainingArguments):
@@ -30,6 +32,8 @@ class TwoTowerTrainingArguments(TrainingArguments):
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on the CPU; gloo when several CPU processes are launched
         super().__post_init__()
+        if "tensorboard" in self.report_to:
+            require("tensorboard", "--report_to tensorboard")
 
 
 @dataclass
