@@ -1,6 +1,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,28 @@ def test_load_saved_weights_restores_a_checkpoint_in_place(tiny_encoder_dir, tmp
     assert other.load_saved_weights(tmp_path) and not other.load_saved_weights(tmp_path / "missing")
     for name, tensor in saved.state_dict().items():
         assert torch.equal(tensor, other.state_dict()[name]), name
+
+
+def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny, monkeypatch):
+    from huggingface_hub import HfApi, ModelCard
+
+    from ttsn_hf.errors import HubUnreachableError
+    from ttsn_hf.modeling import model as modeling
+
+    with pytest.raises(HubUnreachableError, match="HF_HUB_OFFLINE"):
+        tiny.push_to_hub("someone/two-tower")
+    uploaded = {}
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update(
+            repo_id=repo_id, files=sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*.*"))
+        )
+        uploaded["card"] = ModelCard.load(Path(folder_path) / "README.md").data
+
+    monkeypatch.setattr(modeling, "ensure_hub_reachable", lambda saved_at: None)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: type("Url", (), {"repo_id": repo_id}))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    tiny.push_to_hub("someone/two-tower")
+    assert uploaded["repo_id"] == "someone/two-tower" and "modules.json" in uploaded["files"]
+    assert [name for name in uploaded["files"] if name.endswith(".safetensors")] == ["0_Transformer/model.safetensors"]
+    assert uploaded["card"].library_name == "sentence-transformers"

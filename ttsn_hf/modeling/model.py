@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import HfApi
 from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -236,10 +238,31 @@ class TwoTowerModel(PreTrainedModel):
         folders = [("encoder", ENCODER_DIR)]
         return folders if self.config.tie_towers else [*folders, ("product_encoder", PRODUCT_ENCODER_DIR)]
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """``PreTrainedModel.push_to_hub``, failing at once with a clear message while the Hub is unreachable."""
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload two-tower model",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: str | int = "5GB",
+    ):
+        """Upload the folder :meth:`save_pretrained` writes, model card included (``PreTrainedModel.push_to_hub``
+        would replace the card with a generic one), failing at once while the Hub is unreachable."""
         ensure_hub_reachable(getattr(self, "_saved_at", None) or getattr(self, "_loaded_from", None))
-        return super().push_to_hub(repo_id, *args, **kwargs)
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
 
 def _sub_state(state_dict: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
