@@ -85,7 +85,6 @@ class TwoTowerModel(PreTrainedModel):
     def _around_encoder(cls, folder: Path, base_name: str, **settings) -> TwoTowerModel:
         """Wrap the encoder in local ``folder``; ``base_name`` (a Hub id or the user's name) is what gets recorded."""
         encoder = AutoModel.from_pretrained(folder)
-        base_name = recorded_name(folder) if base_name == str(folder) else base_name
         encoder.config._name_or_path = base_name
         config = TwoTowerConfig(encoder_config=encoder.config.to_dict(), base_model_name_or_path=base_name, **settings)
         config._name_or_path = base_name
@@ -214,15 +213,11 @@ class TwoTowerModel(PreTrainedModel):
             return
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        base_name = self.config.base_model_name_or_path or ""
-        self.config._name_or_path = base_name
         self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         for prefix, subfolder in self._encoder_folders():
-            encoder = getattr(self, prefix)
-            encoder.config._name_or_path = base_name
-            encoder.save_pretrained(
+            getattr(self, prefix).save_pretrained(
                 folder / subfolder,
                 state_dict=_sub_state(state_dict, prefix),
                 max_shard_size=kwargs.get("max_shard_size", "5GB"),
@@ -231,7 +226,8 @@ class TwoTowerModel(PreTrainedModel):
         if self.config.tie_towers:
             write_sentence_transformers_files(folder, self.config)
         write_model_card(folder, self.config)
-        _give_default_permissions(folder)
+        for _, subfolder in self._encoder_folders():
+            _give_default_permissions(folder / subfolder)
         self._saved_at = str(folder)
 
     def _encoder_folders(self) -> list[tuple[str, str]]:
@@ -272,11 +268,11 @@ def _sub_state(state_dict: dict[str, torch.Tensor] | None, prefix: str) -> dict[
 
 
 def _give_default_permissions(folder: Path) -> None:
-    """safetensors writes through a private temporary file (mode 0600): give every file the user's usual mode."""
+    """safetensors writes through a private temporary file (mode 0600): give the weights the user's usual mode."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in folder.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+    for path in folder.glob("*.safetensors*"):
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _encoder_config(config: TwoTowerConfig):
