@@ -30,6 +30,7 @@ from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, print_table, write_
 
 from ttsn_hf.data.esci import load_esci  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model, mean_pool  # noqa: E402
+from ttsn_hf.modeling.pretrained import resolve_pretrained  # noqa: E402
 
 SYSTEMS = ("raw_limit", "ttsn_hf", "sentence_transformers")
 MAX_LENGTH = 128
@@ -81,7 +82,7 @@ def load_models(args: argparse.Namespace):
     from sentence_transformers import SentenceTransformer
 
     model = TwoTowerModel.from_encoder(default_base_model(), product_max_length=MAX_LENGTH).to(args.device)
-    sentence_transformer = SentenceTransformer(default_base_model(), device=args.device)
+    sentence_transformer = SentenceTransformer(resolve_pretrained(default_base_model()), device=args.device)
     sentence_transformer.max_seq_length = MAX_LENGTH
     return model, sentence_transformer
 

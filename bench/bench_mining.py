@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from ttsn_hf.atomic import write_text_atomic  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
+from ttsn_hf.modeling.pretrained import resolve_pretrained  # noqa: E402
 from ttsn_hf.retrieval.mining import load_mining_input, mine_hard_negatives  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def time_sentence_transformers(data, batch_size: int) -> tuple[float, int]:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives as st_mine
 
-    model = SentenceTransformer(default_base_model(), device="cpu")
+    model = SentenceTransformer(resolve_pretrained(default_base_model()), device="cpu")
     model.max_seq_length = 128  # as the product tower of ttsn_hf
     text_of = dict(zip(data.product_ids, data.product_texts, strict=True))
     judgements = data.judgements

@@ -37,6 +37,7 @@ from ttsn_hf.data.esci import load_esci  # noqa: E402
 from ttsn_hf.data.stages import build_stage  # noqa: E402
 from ttsn_hf.losses import CombinedLoss  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
+from ttsn_hf.modeling.pretrained import resolve_pretrained  # noqa: E402
 from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs  # noqa: E402
 from ttsn_hf.training.run import known_positives  # noqa: E402
 from ttsn_hf.training.trainer import LOSS_INPUTS, MODEL_INPUTS, TwoTowerTrainer  # noqa: E402
@@ -210,7 +211,7 @@ def sentence_transformers_trainer(rows, args, precision: str, output_dir: str):
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    model = SentenceTransformer(default_base_model(), device=args.device)
+    model = SentenceTransformer(resolve_pretrained(default_base_model()), device=args.device)
     model.max_seq_length = 128  # as ttsn_hf's product tower; queries are at most 16 tokens here
     dataset = datasets.Dataset.from_dict({"anchor": list(rows["query"]), "positive": list(rows["product_text"])})
     training_args = SentenceTransformerTrainingArguments(**common_arguments(args, precision, output_dir, "random"))
@@ -262,7 +263,7 @@ def time_training(system: str, rows, known, args, precision: str) -> dict:
 
 def warm_up(args: argparse.Namespace, precision: str) -> None:
     """One untimed forward and backward pass, so the first timed run pays no one-off start-up cost."""
-    encoder = AutoModel.from_pretrained(default_base_model()).to(args.device)
+    encoder = AutoModel.from_pretrained(resolve_pretrained(default_base_model())).to(args.device)
     ids = torch.randint(1000, 20000, (args.batch_size, 64), device=args.device)
     with torch.autocast(args.device, dtype=torch.bfloat16, enabled=precision == "bf16"):
         hidden = encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state

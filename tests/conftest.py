@@ -28,6 +28,7 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from ttsn_hf import default_base_model
+    from ttsn_hf.modeling.pretrained import resolve_pretrained
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_bert")
@@ -35,7 +36,7 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
     BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_pretrained(default_base_model())).save_pretrained(folder)
     return folder
 
 

@@ -230,12 +230,13 @@ def test_train_py_consumes_the_prepared_folder(prepared):
 
     from ttsn_hf import default_base_model
     from ttsn_hf.arguments import DataArguments
+    from ttsn_hf.modeling.pretrained import resolve_pretrained
     from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs
     from ttsn_hf.training.run import known_positives, load_training_data
 
     output, _, _, _ = prepared
     esci, stages = load_training_data(DataArguments(data_dir=str(output)))
-    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(default_base_model()))
     rows = stages[1]["train"].select(range(8))
     tokens = tokenize_pairs(
         rows.flatten_indices(keep_in_memory=True), tokenizer, 16, 32, known_positives(esci.judgements)

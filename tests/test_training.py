@@ -48,7 +48,7 @@ def minilm_run(esci_sample, tmp_path_factory):
 
 def test_all_stages_write_epochs_best_model_and_mined_negatives(minilm_run):
     for epoch in (1, 2, 3):
-        assert (minilm_run / f"epoch_{epoch}" / "model.safetensors").is_file()
+        assert (minilm_run / f"epoch_{epoch}" / "0_Transformer" / "model.safetensors").is_file()
     assert (minilm_run / "best_model" / "config.json").is_file()
     assert (minilm_run / "hard_negatives_stage2.parquet").is_file()
     state = json.loads((minilm_run / "schedule_state.json").read_text())
@@ -193,7 +193,7 @@ def test_seed_command_trains_on_prepared_data(esci_sample, tiny_encoder_dir, tmp
         "--num_workers", 0, "--model_name_or_path", tiny_encoder_dir, "--stage", "1", "--stage_epochs", "1,1,1",
         "--max_train_samples", 64, "--max_eval_samples", 32,
     )  # fmt: skip
-    assert (tmp_path / "checkpoints" / "epoch_1" / "model.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "epoch_1" / "0_Transformer" / "model.safetensors").is_file()
 
 
 def test_no_training_data_is_a_clear_error(tmp_path):

@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .data.esci import DEFAULT_MAX_TEXT_CHARS, DEFAULT_TEMPLATE
 from .data.stages import DEFAULT_NUM_RANDOM_NEGATIVES
 from .errors import UserInputError
+from .extras import require
 from .labels import DEFAULT_LABEL_WEIGHTS_TEXT, parse_label_weights
 from .retrieval.mining import DEFAULT_CACHE_DIR
 
@@ -160,6 +161,8 @@ class TwoTowerTrainingArguments(TrainingArguments):
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on the CPU; gloo when several CPU processes are launched
         super().__post_init__()
+        if "tensorboard" in self.report_to:
+            require("tensorboard", "--report_to tensorboard")
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pandas as pd
 from ..arguments import EvalArguments
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
+from ..extras import require
 from ..retrieval.bm25 import BM25Retriever
 from ..retrieval.encoding import encode_catalogue
 from .metrics import evaluate_run, metric_names, paired_bootstrap
@@ -202,8 +203,7 @@ def _format_difference(difference: dict) -> str:
 
 def plot_metrics(metrics: dict, path: Path) -> None:
     """Bars of each system's Recall@10 / MRR / nDCG@10, beside a forest plot of the differences with CIs."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "metrics.png (the evaluation plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

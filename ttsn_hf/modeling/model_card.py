@@ -1,15 +1,23 @@
-"""The model card (README.md) written into every saved model folder."""
+"""The model card (README.md) written into every saved model folder, built with huggingface_hub's ModelCard.
+
+It is rendered from the folder's config and files only, so eval.py refreshes it without loading the model.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .model import TwoTowerModel
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from ..atomic import write_text_atomic
+from .configuration import TwoTowerConfig
 
 EVAL_RESULTS = "eval_results.json"
+TAGS = ["ttsn-hf", "sentence-transformers", "feature-extraction", "sentence-similarity", "product-search", "two-tower"]
+METRIC_TYPES = {"recall@10": "recall_at_10", "mrr": "mrr", "ndcg@10": "ndcg_at_10"}
 
 USAGE = """## Usage
 
@@ -41,12 +49,45 @@ CITATION = """@article{reddy2022shopping,
 }"""
 
 
-def _front_matter(base_model: str | None) -> str:
-    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]
-    lines += ["- ttsn-hf", "- sentence-transformers", "- feature-extraction", "- product-search", "- two-tower"]
-    if base_model and not Path(base_model).exists():
-        lines.append(f"base_model: {base_model}")
-    return "\n".join(lines + ["license: apache-2.0", "---", ""])
+def hub_id_or_none(name: str | None) -> str | None:
+    """``name`` if it can be a Hub model id (not a local path), else None."""
+    if not name or Path(name).exists():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def card_data(config: TwoTowerConfig, metrics: dict | None) -> ModelCardData:
+    training = getattr(config, "training", None) or {}
+    eval_results = None
+    if metrics:
+        dataset = metrics.get("dataset", "Amazon Shopping Queries (ESCI)")
+        eval_results = [
+            EvalResult(
+                task_type="information-retrieval",
+                dataset_type="esci",
+                dataset_name=dataset,
+                metric_type=metric_type,
+                metric_value=float(metrics[key]),
+                metric_name=key,
+            )
+            for key, metric_type in METRIC_TYPES.items()
+            if key in metrics
+        ]
+    return ModelCardData(
+        library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity",
+        tags=TAGS,
+        license="apache-2.0",
+        language="en",
+        base_model=hub_id_or_none(config.base_model_name_or_path),
+        datasets=training.get("datasets"),
+        model_name="ttsn-hf two-tower model",
+        eval_results=eval_results or None,
+    )
 
 
 def _schedule_table(training: dict) -> str:
@@ -72,16 +113,14 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def render_model_card(model: TwoTowerModel, folder: Path) -> str:
-    config = model.config
+def render_model_card(folder: Path, config: TwoTowerConfig) -> ModelCard:
     training = getattr(config, "training", None) or {}
     base = config.base_model_name_or_path or "unknown"
     towers = "one shared encoder" if config.tie_towers else "separate query and product encoders"
     parts = [
-        _front_matter(base if base != "unknown" else None),
         "# Two-tower product search model (ttsn-hf)\n",
-        f"A two-tower semantic network for product search: {towers} (base: `{Path(base).name}`), mean pooling, "
-        f"L2-normalised {model.embedding_dim}-dim embeddings, cosine similarity. Queries are cut at "
+        f"A two-tower semantic network for product search: {towers} (base model: `{base}`), mean pooling, "
+        f"L2-normalised {config.embedding_dim}-dim embeddings, cosine similarity. Queries are cut at "
         f"{config.query_max_length} tokens, products at {config.product_max_length}.\n",
     ]
     if training:
@@ -97,26 +136,21 @@ def render_model_card(model: TwoTowerModel, folder: Path) -> str:
     else:
         parts.append("Not trained yet: the base encoder wrapped as a two-tower model.\n")
     eval_file = folder / EVAL_RESULTS
-    if eval_file.exists():
-        metrics = json.loads(eval_file.read_text())
+    metrics = json.loads(eval_file.read_text()) if eval_file.exists() else None
+    if metrics:
         parts += ["## Evaluation\n", f"{metrics.get('description', 'eval.py over the whole catalogue')}:\n"]
         parts += [_metrics_table(metrics), ""]
-    parts += [
-        USAGE,
-        "## Citation\n",
-        "```bibtex\n" + CITATION + "\n```\n",
-    ]
-    return "\n".join(parts)
+    parts += [USAGE, "## Citation\n", "```bibtex\n" + CITATION + "\n```\n"]
+    content = f"---\n{card_data(config, metrics).to_yaml()}\n---\n\n" + "\n".join(parts)
+    return ModelCard(content, ignore_metadata_errors=False)
 
 
-def write_model_card(model: TwoTowerModel, folder: Path) -> None:
-    (folder / "README.md").write_text(render_model_card(model, folder), encoding="utf-8")
+def write_model_card(folder: Path, config: TwoTowerConfig) -> None:
+    write_text_atomic(folder / "README.md", str(render_model_card(folder, config)))
 
 
 def record_eval_results(folder: str | Path, metrics: dict) -> None:
-    """Keep eval.py's metrics beside a saved model and refresh its card."""
-    from .model import TwoTowerModel
-
+    """Keep eval.py's metrics beside a saved model and refresh its card (from config.json; no model loaded)."""
     folder = Path(folder)
-    (folder / EVAL_RESULTS).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    write_model_card(TwoTowerModel.from_pretrained(folder), folder)
+    write_text_atomic(folder / EVAL_RESULTS, json.dumps(metrics, indent=2))
+    write_model_card(folder, TwoTowerConfig.from_pretrained(folder))

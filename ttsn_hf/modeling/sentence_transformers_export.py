@@ -1,51 +1,31 @@
-"""Files that let plain ``sentence_transformers.SentenceTransformer(folder)`` load a saved two-tower model.
+"""The sentence-transformers side of a saved two-tower folder, written by sentence-transformers' own save.
 
-The folder's root holds the two-tower model (``config.json`` of type ``two_tower``); sentence-transformers needs a
-plain encoder config, so the encoder is also written to ``0_Transformer/`` and ``modules.json`` points there.
+The root's ``config.json`` is the two-tower model's; the encoder (weights, config, tokenizer) lives in
+``0_Transformer/``, which ``modules.json`` names as the first module, so plain
+``SentenceTransformer(folder)`` loads the same weights as ``TwoTowerModel.from_pretrained(folder)``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .model import TwoTowerModel
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-TRANSFORMER_DIR = "0_Transformer"
+from .configuration import TwoTowerConfig
 
-
-def _write_json(path: Path, content: dict | list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+ENCODER_DIR = "0_Transformer"
+PRODUCT_ENCODER_DIR = "product_encoder"
 
 
-def write_sentence_transformers_files(model: TwoTowerModel, folder: Path, state_dict: dict | None = None) -> None:
-    encoder_state = None
-    if state_dict is not None:
-        prefix = "encoder."
-        encoder_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    model.encoder.save_pretrained(folder / TRANSFORMER_DIR, state_dict=encoder_state)
-    model.tokenizer.save_pretrained(folder / TRANSFORMER_DIR)
-    _write_json(
-        folder / TRANSFORMER_DIR / "sentence_bert_config.json",
-        {"max_seq_length": model.config.product_max_length, "do_lower_case": False},
+def write_sentence_transformers_files(folder: Path, config: TwoTowerConfig) -> None:
+    """Write ``modules.json``, the pooling/normalize modules and the module configs around ``folder/0_Transformer``
+    (already holding the encoder and its tokenizer); the encoder is re-saved in place, so its weights stay single.
+    """
+    transformer = Transformer(str(folder / ENCODER_DIR), max_seq_length=config.product_max_length)
+    transformer.save_in_root = False  # the root belongs to the two-tower model: keep the module in 0_Transformer/
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(config.embedding_dim, pooling_mode="mean"), Normalize()], device="cpu"
     )
-    _write_json(
-        folder / "1_Pooling" / "config.json",
-        {"word_embedding_dimension": model.embedding_dim, "pooling_mode_mean_tokens": True},
-    )
-    _write_json(
-        folder / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": TRANSFORMER_DIR, "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ],
-    )
-    (folder / "2_Normalize").mkdir(exist_ok=True)
-    _write_json(
-        folder / "config_sentence_transformers.json",
-        {"similarity_fn_name": "cosine", "model_type": "SentenceTransformer", "prompts": {}},
-    )
+    model.similarity_fn_name = "cosine"
+    model.save(str(folder), create_model_card=False)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import bm25s
 import numpy as np
+
+from ..extras import require
 
 
 class BM25Retriever:
@@ -25,6 +26,7 @@ class BM25Retriever:
             raise ValueError(f"BM25Retriever got {len(texts)} texts but {len(ids)} ids")
         self.ids = np.asarray(ids, dtype=object)
         self.show_progress = show_progress
+        bm25s = require("bm25s", "BM25 (eval.py --bm25 / --hybrid)")
         self.tokenizer = bm25s.tokenization.Tokenizer(stopwords=stopwords)
         corpus_tokens = self.tokenizer.tokenize(
             [text or "" for text in texts], update_vocab=True, return_as="tuple", show_progress=show_progress

@@ -12,6 +12,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..errors import NonFiniteLossError
 from ..losses import CombinedLoss
+from ..modeling.model import TwoTowerModel
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
 LOSS_INPUTS = ("targets", "weights", "product_keys", "mask_keys")
@@ -40,6 +41,12 @@ class TwoTowerTrainer(Trainer):
             )
         self._record_components(losses, "train" if model.training else "eval")
         return (losses["loss"], outputs) if return_outputs else losses["loss"]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # a TwoTowerModel checkpoint keeps its weights in 0_Transformer/, where Trainer does not look
+        target = self.accelerator.unwrap_model(model or self.model)
+        if not (isinstance(target, TwoTowerModel) and target.load_saved_weights(resume_from_checkpoint)):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
