@@ -76,6 +76,9 @@ class ScheduleArguments:
     mining_relative_margin: float = field(
         default=0.05, metadata={"help": "Mined negatives score below (1 - this) x the positives' score."}
     )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep finished stages' checkpoint-N folders (resume points)."}
+    )
 
     def parsed_label_weights(self) -> dict[str, float]:
         pairs = (item.split("=") for item in self.label_weights.split(","))
