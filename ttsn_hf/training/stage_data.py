@@ -70,7 +70,8 @@ class StageData:
         self.output_dir = output_dir
         self.esci, self.prepared = load_training_data(data_args)
         self.data_dir = prepared_dir(data_args)
-        self.summary = json.loads(Path(self.data_dir, SUMMARY_FILE).read_text()) if self.prepared else {}
+        summary = Path(self.data_dir or "data", SUMMARY_FILE)
+        self.summary = json.loads(summary.read_text()) if self.prepared and summary.is_file() else {}
         parameters = self.summary.get("parameters", {})
         self.seed = parameters.get("seed", training_args.seed)
         self.validation_fraction = parameters.get("validation_fraction", data_args.validation_fraction)
