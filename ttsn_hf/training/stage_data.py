@@ -148,7 +148,9 @@ class StageData:
         if self.prepared and beside_data.exists() and mined_by(beside_data) == fingerprint:
             return str(beside_data)
         path = self.output_dir / MINED_FILE
-        if not path.exists() or mined_by(path) != fingerprint:
+        stale = not path.exists() or mined_by(path) != fingerprint
+        PartialState().wait_for_everyone()  # every process decides before the main one may rewrite the file
+        if stale:
             self.mine(miner, path)
         return str(path)
 
