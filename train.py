@@ -9,8 +9,10 @@ from accelerate import PartialState
 
 from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments, parse_args
 from ttsn_hf.errors import cli_entry
-from ttsn_hf.training.run import TrainingRun, configure_threads
+from ttsn_hf.training.run import TrainingRun, configure_threads, environment_line
+from ttsn_hf.training.state import format_run_summary, run_summary, write_run_summary
 
+logger = logging.getLogger("train")
 SEED_ALIASES = {
     "--checkpoint_dir": "--output_dir",
     "--batch_size": "--per_device_train_batch_size",
@@ -25,8 +27,16 @@ def main() -> None:
         (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments), aliases=SEED_ALIASES
     )
     configure_threads(data_args.num_threads)
-    TrainingRun(model_args, data_args, schedule_args, training_args).run()
-    PartialState().destroy_process_group()  # before exit: gloo threads alive at exit can abort
+    logger.info(environment_line(training_args))
+    run = TrainingRun(model_args, data_args, schedule_args, training_args)
+    run.run()
+    state = PartialState()
+    if state.is_main_process:
+        data_option = f"--esci_dir {data_args.esci_dir}" if data_args.esci_dir else f"--data_dir {run.data.data_dir}"
+        summary = run_summary(run.output_dir, data_option)
+        write_run_summary(run.output_dir, summary)
+        print(format_run_summary(summary), flush=True)
+    state.destroy_process_group()  # before exit: gloo threads alive at exit can abort
 
 
 if __name__ == "__main__":

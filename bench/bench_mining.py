@@ -27,6 +27,7 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 
 from ttsn_hf.atomic import write_text_atomic  # noqa: E402
+from ttsn_hf.labels import RELEVANT_LABELS  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
 from ttsn_hf.modeling.pretrained import resolve_pretrained  # noqa: E402
 from ttsn_hf.retrieval.mining import load_mining_input, mine_hard_negatives  # noqa: E402
@@ -51,7 +52,7 @@ def time_sentence_transformers(data, batch_size: int) -> tuple[float, int]:
     text_of = dict(zip(data.product_ids, data.product_texts, strict=True))
     judgements = data.judgements
     positives = judgements[
-        judgements["query_id"].isin(data.train_query_ids) & judgements["esci_label"].isin(["E", "S"])
+        judgements["query_id"].isin(data.train_query_ids) & judgements["esci_label"].isin(RELEVANT_LABELS)
     ]
     positives = positives[positives["product_id"].isin(text_of)]
     pairs = datasets.Dataset.from_dict(

@@ -216,6 +216,9 @@ class ScheduleArguments:
     mining_relative_margin: float = field(
         default=0.05, metadata={"help": "Mined negatives score below (1 - this) x the positives' score."}
     )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep finished stages' checkpoint-N folders (resume points)."}
+    )
 
     def __post_init__(self):
         self.epochs_per_stage = _three("--stage_epochs", self.stage_epochs, int)

@@ -350,6 +350,7 @@ def prepare(
     summary = {
         "source": esci.source,
         "hard_negatives": str(hard_negatives) if isinstance(hard_negatives, str | os.PathLike) else None,
+        "hard_negatives_model_fingerprint": _miner_fingerprint(hard_negatives),
         "parameters": {
             "seed": seed,
             "validation_fraction": validation_fraction,
@@ -373,6 +374,14 @@ def prepare(
     }
     _write_all(output, esci, built, summary)
     return summary
+
+
+def _miner_fingerprint(hard_negatives: object) -> str | None:
+    """The fingerprint of the model that mined the file, from the JSON summary mining writes beside it."""
+    if not isinstance(hard_negatives, str | os.PathLike):
+        return None
+    summary = Path(hard_negatives).with_suffix(".json")
+    return json.loads(summary.read_text()).get("model_fingerprint") if summary.is_file() else None
 
 
 def _write_all(output: Path, esci: EsciData, built: dict[int, datasets.DatasetDict], summary: dict) -> None:

@@ -1,70 +1,47 @@
-"""Runs the stage schedule: builds each stage's data, trains it, keeps epoch_N/ and best_model/."""
+"""Runs the stage schedule: each stage's model, data and Trainer; epoch_N/ and best_model/ kept (see state.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
-import shutil
+import time
 from pathlib import Path
 
 import datasets
 import torch
-from transformers import TrainerCallback
+from accelerate import PartialState
 
 from ..arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
-from ..atomic import atomic_path, write_text_atomic
 from ..errors import HubUnreachableError, UserInputError
-from ..labels import KNOWN_POSITIVE_LABELS
 from ..losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
 from ..modeling.hub import ensure_hub_reachable
 from ..modeling.model import TwoTowerModel, load_model
 from .collator import TwoTowerCollator, tokenize_pairs
 from .schedule import Stage, build_schedule
+from .stage_data import StageData, known_positives, load_training_data
+from .state import (
+    EpochCheckpointCallback,
+    checkpoint_stage,
+    fresh_state,
+    last_complete_checkpoint,
+    read_state,
+    record_stage_finished,
+    remove_checkpoints,
+    write_state,
+)
 from .trainer import TwoTowerTrainer
 
+# known_positives, load_training_data and last_complete_checkpoint are imported from here by benchmarks and tests
+__all__ = [
+    "TrainingRun",
+    "configure_threads",
+    "environment_line",
+    "known_positives",
+    "last_complete_checkpoint",
+    "load_training_data",
+]
 logger = logging.getLogger(__name__)
-STATE_FILE = "schedule_state.json"
-
-
-class EpochCheckpointCallback(TrainerCallback):
-    """After each epoch's validation: write ``epoch_N/`` and, on a new lowest validation loss, ``best_model/``."""
-
-    def __init__(self, output_dir: Path, stage: Stage):
-        self.output_dir, self.stage = output_dir, stage
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        if not state.is_world_process_zero or model is None:
-            return
-        epoch = self.stage.epochs[0] + max(1, math.ceil(state.epoch - 1e-3)) - 1
-        save_model(model, self.output_dir / f"epoch_{epoch}")
-        record = read_state(self.output_dir)
-        record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
-        best = record.get("best")
-        if best is None or metrics["eval_loss"] < best["eval_loss"]:
-            save_model(model, self.output_dir / "best_model")
-            record["best"] = {"epoch": epoch, "eval_loss": metrics["eval_loss"]}
-        write_state(self.output_dir, record)
-
-
-def save_model(model: TwoTowerModel, folder: Path) -> None:
-    with atomic_path(folder) as temporary:
-        model.save_pretrained(temporary)
-
-
-def fresh_state() -> dict:
-    return {"epochs": {}, "completed_stages": [], "best": None}
-
-
-def read_state(output_dir: Path) -> dict:
-    path = output_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else fresh_state()
-
-
-def write_state(output_dir: Path, record: dict) -> None:
-    write_text_atomic(output_dir / STATE_FILE, json.dumps(record, indent=2))
 
 
 def configure_threads(num_threads: int) -> None:
@@ -73,6 +50,17 @@ def configure_threads(num_threads: int) -> None:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
         num_threads = max(1, (os.cpu_count() or 1) // local_processes)
     torch.set_num_threads(num_threads)
+
+
+def environment_line(training_args: TwoTowerTrainingArguments) -> str:
+    """Device, processes, precision and threads, in one line."""
+    device = training_args.device  # sets up accelerate's state (process group included)
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    return (
+        f"device {device}{name}, {PartialState().num_processes} process(es), {precision}, "
+        f"{torch.get_num_threads()} torch thread(s) per process"
+    )
 
 
 class TrainingRun:
@@ -84,13 +72,13 @@ class TrainingRun:
         self.schedule_args: ScheduleArguments = schedule_args
         self.training_args: TwoTowerTrainingArguments = training_args
         self.output_dir = Path(training_args.output_dir)
+        self.resume_stage = self.checked_resume_stage()  # before anything is written
         if training_args.push_to_hub:
             self.warn_if_hub_unreachable()
         epochs = tuple(int(n) for n in schedule_args.stage_epochs.split(","))
         rates = tuple(float(r) for r in schedule_args.stage_learning_rates.split(","))
         self.schedule = build_schedule(epochs, rates)
-        self.esci, self.prepared = load_training_data(data_args)
-        self.known_positives = known_positives(self.esci.judgements)
+        self.data = StageData(data_args, schedule_args, training_args, self.output_dir)
         self.loss = CombinedLoss(
             WeightedContrastiveLoss(schedule_args.margin),
             InBatchInfoNCELoss(schedule_args.temperature, schedule_args.mask_false_negatives),
@@ -98,24 +86,162 @@ class TrainingRun:
             schedule_args.infonce_weight,
         )
 
+    # ---------------------------------------------------------------- which stages, resumed from where
+
+    def resume_requested(self) -> bool:
+        return self.training_args.resume_from_checkpoint not in (None, False, "false", "False")
+
+    def resume_from_path(self) -> bool:
+        return self.resume_requested() and self.training_args.resume_from_checkpoint not in (True, "true", "True")
+
+    def checked_resume_stage(self) -> int | None:
+        """The stage ``--resume_from_checkpoint PATH`` belongs to (None without a path)."""
+        if not self.resume_from_path():
+            return None
+        stage = checkpoint_stage(self.training_args.resume_from_checkpoint)
+        if self.schedule_args.stage not in ("all", str(stage)):
+            raise UserInputError(
+                f"--resume_from_checkpoint {self.training_args.resume_from_checkpoint} belongs to stage {stage}, "
+                f"not to --stage {self.schedule_args.stage}: pass --stage {stage} or --stage all"
+            )
+        return stage
+
     def stages_to_run(self) -> list[Stage]:
         if self.schedule_args.stage == "all":
-            return list(self.schedule)
-        return [self.schedule[int(self.schedule_args.stage) - 1]]
+            stages = list(self.schedule)
+        else:
+            stages = [self.schedule[int(self.schedule_args.stage) - 1]]
+        return [stage for stage in stages if stage.number >= (self.resume_stage or 1)]
+
+    def resume_checkpoint(self, stage: Stage, stage_dir: Path) -> str | None:
+        """Only the stage a checkpoint path belongs to resumes from it; ``true`` resumes each stage's last one."""
+        if self.resume_from_path():
+            return self.training_args.resume_from_checkpoint if stage.number == self.resume_stage else None
+        if self.resume_requested():
+            return last_complete_checkpoint(stage_dir, remove_incomplete=self.training_args.should_save)
+        return None
+
+    # ---------------------------------------------------------------- the schedule
 
     def run(self) -> dict:
         stages = self.stages_to_run()
-        if stages[0].number == 1 and not self.resume_requested() and self.training_args.should_save:
-            write_state(self.output_dir, fresh_state())  # a new run forgets an earlier run's best
+        if self.training_args.should_save:
+            self.start_state(stages)
         completed = read_state(self.output_dir)["completed_stages"]
         for stage in stages:
-            if stage.number in completed and self.resume_requested():
+            if stage.number in completed and self.resume_requested() and not self.resume_from_path():
                 logger.info("stage %d already completed: skipped", stage.number)
                 continue
             self.train_stage(stage)
         if self.training_args.push_to_hub and self.training_args.should_save:
             self.push_best_model()
         return read_state(self.output_dir)
+
+    def start_state(self, stages: list[Stage]) -> None:
+        """A new run forgets an earlier run's best and resume points; a resumed stage and those after it are no
+        longer complete."""
+        if stages[0].number == 1 and not self.resume_requested():
+            write_state(self.output_dir, fresh_state())
+            for stage in stages:
+                remove_checkpoints(self.output_dir / f"stage{stage.number}")
+        elif self.resume_from_path():
+            record = read_state(self.output_dir)
+            record["completed_stages"] = [n for n in record["completed_stages"] if n < self.resume_stage]
+            write_state(self.output_dir, record)
+
+    def train_stage(self, stage: Stage) -> None:
+        started = time.monotonic()
+        model = self.initial_model(stage)
+        splits = self.data.for_stage(stage.number, model, self.miner(stage, model))
+        trainer = self.trainer(stage, model, splits["train"], self.data.validation(model))
+        stage_dir = Path(trainer.args.output_dir)
+        trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage, stage_dir))
+        trainer.save_state()  # stageN/trainer_state.json: the stage's log history outlives its checkpoints
+        if trainer.is_world_process_zero():
+            record_stage_finished(
+                self.output_dir, stage, time.monotonic() - started, trainer.args.world_size, self.loss.get_config_dict()
+            )
+            if not self.schedule_args.keep_checkpoints:
+                remove_checkpoints(stage_dir)
+        trainer.accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- a stage's model and trainer
+
+    def initial_model(self, stage: Stage) -> TwoTowerModel:
+        if stage.number == 1:
+            model = load_model(
+                self.model_args.model_name_or_path,
+                tie_towers=self.model_args.tie_towers,
+                query_max_length=self.model_args.query_max_length,
+                product_max_length=self.model_args.product_max_length,
+            )
+        else:
+            model = TwoTowerModel.from_pretrained(self.epoch_folder(stage.epochs[0] - 1, stage))
+        model.config.training = self.training_record()
+        return model
+
+    def epoch_folder(self, epoch: int, stage: Stage) -> Path:
+        folder = self.output_dir / f"epoch_{epoch}"
+        if not folder.is_dir():
+            raise UserInputError(
+                f"stage {stage.number} continues from {folder}, which does not exist: run stage "
+                f"{stage.number - 1} first, or --stage all"
+            )
+        return folder
+
+    def miner(self, stage: Stage, model: TwoTowerModel) -> TwoTowerModel:
+        """The model whose hard negatives the stage trains on: the one stage 1 ended with."""
+        stage1_end = self.schedule[0].epochs[-1]
+        if stage.number == 1 or stage.epochs[0] - 1 == stage1_end:
+            return model
+        return TwoTowerModel.from_pretrained(self.epoch_folder(stage1_end, stage))
+
+    def trainer(
+        self, stage: Stage, model: TwoTowerModel, train: datasets.Dataset, validation: datasets.Dataset
+    ) -> TwoTowerTrainer:
+        args = dataclasses.replace(
+            self.training_args,
+            push_to_hub=False,  # the best model is pushed once, after the schedule
+            output_dir=str(self.output_dir / f"stage{stage.number}"),
+            num_train_epochs=len(stage.epochs),
+            learning_rate=stage.learning_rate,
+        )
+        return TwoTowerTrainer(
+            model=model,
+            args=args,
+            train_dataset=self.tokenize(self.cap(train, self.data_args.max_train_samples), model),
+            eval_dataset=self.tokenize(self.cap(validation, self.data_args.max_eval_samples), model),
+            data_collator=TwoTowerCollator(model.tokenizer),
+            loss=self.loss,
+            callbacks=[EpochCheckpointCallback(self.output_dir, stage)],
+        )
+
+    def cap(self, dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+        if limit is None or limit >= len(dataset):
+            return dataset
+        return dataset.shuffle(seed=self.training_args.seed).select(range(limit))
+
+    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel) -> datasets.Dataset:
+        return tokenize_pairs(
+            dataset,
+            model.tokenizer,
+            model.config.query_max_length,
+            model.config.product_max_length,
+            self.data.known_positives,
+            self.schedule_args.parsed_label_weights(),
+        )
+
+    def training_record(self) -> dict:
+        """What the model card says of the training; kept in the model's config."""
+        source = self.data_args.esci_dir or self.data_args.data_dir or "data"
+        return {
+            "data": f"Amazon Shopping Queries (ESCI), from `{Path(source).name}`",
+            "schedule": [dataclasses.asdict(stage) for stage in self.schedule],
+            "loss": self.loss.get_config_dict(),
+            "label_weights": self.schedule_args.parsed_label_weights(),
+        }
+
+    # ---------------------------------------------------------------- the hub
 
     def warn_if_hub_unreachable(self) -> None:
         try:
@@ -129,172 +255,3 @@ class TrainingRun:
         repo_id = self.training_args.hub_model_id or self.output_dir.resolve().name
         model = TwoTowerModel.from_pretrained(best)
         model.push_to_hub(repo_id, token=self.training_args.hub_token, private=self.training_args.hub_private_repo)
-
-    def training_record(self) -> dict:
-        """What the model card says of the training; kept in the model's config."""
-        source = self.data_args.esci_dir or self.data_args.data_dir or "data"
-        return {
-            "data": f"Amazon Shopping Queries (ESCI), from `{Path(source).name}`",
-            "schedule": [dataclasses.asdict(stage) for stage in self.schedule],
-            "loss": self.loss.get_config_dict(),
-            "label_weights": self.schedule_args.parsed_label_weights(),
-        }
-
-    def initial_model(self, stage: Stage) -> TwoTowerModel:
-        model = self._load_initial_model(stage)
-        model.config.training = self.training_record()
-        return model
-
-    def _load_initial_model(self, stage: Stage) -> TwoTowerModel:
-        if stage.number == 1:
-            return load_model(
-                self.model_args.model_name_or_path,
-                tie_towers=self.model_args.tie_towers,
-                query_max_length=self.model_args.query_max_length,
-                product_max_length=self.model_args.product_max_length,
-            )
-        previous = self.output_dir / f"epoch_{stage.epochs[0] - 1}"
-        if not previous.is_dir():
-            raise UserInputError(
-                f"stage {stage.number} continues from {previous}, which does not exist: run stage "
-                f"{stage.number - 1} first, or --stage all"
-            )
-        return TwoTowerModel.from_pretrained(previous)
-
-    def stage_data(self, stage: Stage, model: TwoTowerModel) -> datasets.DatasetDict:
-        """The prepared stage if it is complete (stages 2-3 need mined rows), else built from the ESCI data."""
-        prepared = self.prepared.get(stage.number)
-        if prepared is not None and (stage.number == 1 or "mined" in set(prepared["train"]["source"])):
-            return prepared
-        from ..data.stages import build_stage
-
-        return build_stage(
-            self.esci,
-            stage.number,
-            hard_negatives=self.hard_negatives(model) if stage.number > 1 else None,
-            num_random_negatives=self.data_args.num_random_negatives,
-            validation_fraction=self.data_args.validation_fraction,
-            seed=self.training_args.seed,
-            pseudo_queries=self.data_args.pseudo_queries,
-        )
-
-    def hard_negatives(self, model: TwoTowerModel):
-        """The mined file given, or the one mined after stage 1 (mined now if missing)."""
-        if self.data_args.hard_negatives:
-            return self.data_args.hard_negatives
-        beside_data = Path(self.data_args.data_dir or "data", "hard_negatives_stage2.parquet")
-        if self.prepared and beside_data.exists():
-            return str(beside_data)
-        path = self.output_dir / "hard_negatives_stage2.parquet"
-        if not path.exists():
-            from accelerate import PartialState
-
-            from ..retrieval.mining import mine_to_file
-
-            mine_to_file(
-                model,
-                self.esci,
-                path,
-                accelerator=PartialState(),
-                num_negatives=self.schedule_args.mining_num_negatives,
-                margin=None,
-                relative_margin=self.schedule_args.mining_relative_margin,
-                bf16=self.training_args.bf16,
-                cache_dir=self.output_dir / "embedding_cache",
-                seed=self.training_args.seed,
-            )
-        return str(path)
-
-    def cap(self, dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-        if limit is None or limit >= len(dataset):
-            return dataset
-        return dataset.shuffle(seed=self.training_args.seed).select(range(limit))
-
-    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel) -> datasets.Dataset:
-        return tokenize_pairs(
-            dataset,
-            model.tokenizer,
-            model.config.query_max_length,
-            model.config.product_max_length,
-            self.known_positives,
-            self.schedule_args.parsed_label_weights(),
-        )
-
-    def train_stage(self, stage: Stage) -> None:
-        model = self.initial_model(stage)
-        splits = self.stage_data(stage, model)
-        validation = self.prepared.get(1, None) or self.stage_data(self.schedule[0], model)
-        args = dataclasses.replace(
-            self.training_args,
-            push_to_hub=False,  # the best model is pushed once, after the schedule
-            output_dir=str(self.output_dir / f"stage{stage.number}"),
-            num_train_epochs=len(stage.epochs),
-            learning_rate=stage.learning_rate,
-        )
-        trainer = TwoTowerTrainer(
-            model=model,
-            args=args,
-            train_dataset=self.tokenize(self.cap(splits["train"], self.data_args.max_train_samples), model),
-            eval_dataset=self.tokenize(self.cap(validation["validation"], self.data_args.max_eval_samples), model),
-            data_collator=TwoTowerCollator(model.tokenizer),
-            loss=self.loss,
-            callbacks=[EpochCheckpointCallback(self.output_dir, stage)],
-        )
-        trainer.train(resume_from_checkpoint=self.resume_checkpoint(args.output_dir))
-        if trainer.is_world_process_zero():
-            record = read_state(self.output_dir)
-            record["completed_stages"] = sorted(set(record["completed_stages"]) | {stage.number})
-            record.setdefault("loss", self.loss.get_config_dict())
-            record["world_size"] = args.world_size
-            write_state(self.output_dir, record)
-        trainer.accelerator.wait_for_everyone()
-
-    def resume_requested(self) -> bool:
-        return self.training_args.resume_from_checkpoint not in (None, False, "false", "False")
-
-    def resume_checkpoint(self, stage_dir: str) -> str | None:
-        resume = self.training_args.resume_from_checkpoint
-        if not self.resume_requested():
-            return None
-        if resume in (True, "true", "True"):
-            return last_complete_checkpoint(Path(stage_dir), remove_incomplete=self.training_args.should_save)
-        return resume
-
-
-def last_complete_checkpoint(stage_dir: Path, remove_incomplete: bool = False) -> str | None:
-    """The newest ``checkpoint-N`` whose save finished (Trainer writes ``trainer_state.json`` last); a checkpoint
-    cut short by a crash is skipped, and removed when ``remove_incomplete``."""
-    checkpoints = sorted(stage_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
-    for checkpoint in reversed(checkpoints):
-        if (checkpoint / "trainer_state.json").is_file():
-            return str(checkpoint)
-        if remove_incomplete:
-            logger.warning("%s was cut short (no trainer_state.json): removed", checkpoint)
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    return None
-
-
-def load_training_data(data_args: DataArguments):
-    """(EsciData, {stage: DatasetDict}) from prepared data (``--data_dir``, default ``data/`` if it exists), or
-    (EsciData, {}) from raw ESCI (``--esci_dir``)."""
-    if data_args.esci_dir:
-        from ..data.esci import load_esci
-
-        return load_esci(data_args.esci_dir), {}
-    data_dir = data_args.data_dir or ("data" if Path("data", "summary.json").exists() else None)
-    if data_dir:
-        from ..data.stages import load_prepared
-
-        return load_prepared(data_dir)
-    raise UserInputError(
-        "no training data: pass --esci_dir (ESCI files) or --data_dir (from `python prepare.py`; default data/)"
-    )
-
-
-def known_positives(judgements: datasets.Dataset) -> dict[str, list[str]]:
-    """query_id -> products judged E, S or C: never a negative of that query in the in-batch loss."""
-    positives: dict[str, list[str]] = {}
-    for row in judgements.select_columns(["query_id", "product_id", "esci_label"]).to_pandas().itertuples():
-        if row.esci_label in KNOWN_POSITIVE_LABELS:
-            positives.setdefault(row.query_id, []).append(row.product_id)
-    return positives

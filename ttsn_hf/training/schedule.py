@@ -25,6 +25,3 @@ def build_schedule(epochs_per_stage: tuple[int, int, int] = (2, 1, 2), learning_
         stages.append(Stage(number, tuple(range(first, first + count)), lr, what))
         first += count
     return tuple(stages)
-
-
-SCHEDULE = build_schedule()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-
 import torch
 from torch import nn
 from transformers import Trainer
@@ -26,19 +23,15 @@ class TwoTowerTrainer(Trainer):
     def __init__(self, *args, loss: nn.Module | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss = loss or CombinedLoss()
-        self._component_sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._component_counts = {"train": 0, "eval": 0}
+        self._first_nonfinite_step: torch.Tensor | None = None  # global step of the first non-finite loss, or -1
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{name: inputs[name] for name in MODEL_INPUTS})
         losses = self.loss(
             outputs.query_embeddings, outputs.product_embeddings, *(inputs[name] for name in LOSS_INPUTS)
         )
-        if not math.isfinite(losses["loss"].item()):
-            raise NonFiniteLossError(
-                f"non-finite loss ({losses['loss'].item()}) at global step {self.state.global_step + 1}: "
-                "lower the learning rate, or train in fp32 instead of fp16"
-            )
         self._record_components(losses, "train" if model.training else "eval")
         return (losses["loss"], outputs) if return_outputs else losses["loss"]
 
@@ -61,17 +54,53 @@ class TwoTowerTrainer(Trainer):
         return loss.detach(), None, None
 
     def _record_components(self, losses: dict[str, torch.Tensor], mode: str) -> None:
+        """Sums kept as detached tensors on the device: no host sync per step (``.item()`` would wait for the GPU)."""
+        sums = self._component_sums[mode]
         for name, value in losses.items():
             if name != "loss":
-                self._component_sums[mode][name] += value.item()
+                value = value.detach().float()
+                sums[name] = sums[name] + value if name in sums else value.clone()
         self._component_counts[mode] += 1
+        if mode == "train":
+            self._track_nonfinite(losses["loss"].detach())
+
+    def _track_nonfinite(self, loss: torch.Tensor) -> None:
+        """Remember the first step whose loss was not finite, with tensor ops only; checked when logging/saving."""
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.tensor(-1, device=loss.device)
+        step = self.state.global_step + 1
+        first = self._first_nonfinite_step
+        self._first_nonfinite_step = torch.where(torch.isfinite(loss) | (first >= 0), first, step)
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._first_nonfinite_step is None:
+            return
+        step = int(self.accelerator.gather(self._first_nonfinite_step.reshape(1)).max())  # every process raises
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"non-finite loss at global step {step}: lower the learning rate, or train in fp32 instead of fp16"
+            )
+
+    def _reduced_components(self, mode: str) -> dict[str, float]:
+        """Each component's mean over the steps since the last log, then over the processes (one sync per log)."""
+        sums = self._component_sums[mode]
+        if not sums:
+            return {}
+        names = sorted(sums)
+        means = torch.stack([sums[name] for name in names]) / max(self._component_counts[mode], 1)
+        means = self.accelerator.reduce(means, reduction="mean")
+        return dict(zip(names, means.tolist(), strict=True))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._raise_if_nonfinite()
         mode, prefix = ("eval", "eval_") if "eval_loss" in logs else ("train", "")
         if "loss" in logs or mode == "eval":
-            count = max(self._component_counts[mode], 1)
-            for name, total in self._component_sums[mode].items():
-                logs[f"{prefix}{name}"] = round(total / count, 6)
+            for name, value in self._reduced_components(mode).items():
+                logs[f"{prefix}{name}"] = round(value, 6)
             self._component_sums[mode].clear()
             self._component_counts[mode] = 0
         super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        self._raise_if_nonfinite()  # never save a resume point of weights a non-finite loss has already changed
+        return super()._save_checkpoint(model, trial)

@@ -1,0 +1,169 @@
+"""Schedule state you can trust: resuming from a path, mined negatives' owner, the prepared split, logging."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from ttsn_hf import TwoTowerModel, default_base_model
+from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments, parse_args
+from ttsn_hf.data.stages import prepare
+from ttsn_hf.modeling.pretrained import resolve_pretrained
+from ttsn_hf.retrieval.encoding import model_fingerprint
+from ttsn_hf.training.run import TrainingRun
+
+REPO = Path(__file__).resolve().parents[1]
+ARGUMENT_TYPES = (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments)
+
+
+def run_train(*args, check=True, launcher=(sys.executable,)):
+    result = subprocess.run([*launcher, str(REPO / "train.py"), *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def quick_args(esci_sample, model, output, *extra):
+    return [
+        "--esci_dir", esci_sample, "--model_name_or_path", model, "--output_dir", output,
+        "--max_train_samples", 64, "--max_eval_samples", 32, "--per_device_train_batch_size", 32,
+        "--stage_epochs", "1,1,2", "--logging_steps", 1, *extra,
+    ]  # fmt: skip
+
+
+def mined_by(output: Path) -> str:
+    return json.loads((output / "hard_negatives_stage2.json").read_text())["model_fingerprint"]
+
+
+@pytest.fixture(scope="module")
+def full_run(esci_sample, tiny_encoder_dir, tmp_path_factory):
+    """All three stages (epochs 1 | 2 | 3, 4), finished stages' checkpoints kept; stdout and stderr kept beside."""
+    output = tmp_path_factory.mktemp("full_run") / "run"
+    result = run_train(*quick_args(esci_sample, tiny_encoder_dir, output, "--keep_checkpoints"))
+    return output, result
+
+
+def copy_of(full_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(full_run[0], copy)
+    return copy
+
+
+def test_run_mines_on_the_trainer_device_and_ends_with_a_summary(full_run):
+    output, result = full_run
+    assert "device cpu, 1 process(es), fp32" in result.stderr
+    assert f"mining hard negatives with model {mined_by(output)[:12]} on cpu (1 process(es))" in result.stderr
+    assert result.stdout.rstrip().splitlines()[-1] == (
+        f"next: python eval.py --model_name_or_path {output / 'best_model'} --esci_dir "
+        f"{REPO.parent / 'shared' / 'data' / 'esci-us-sample'} --output_dir {output / 'eval'}"
+    )
+    assert "best epoch" in result.stdout and "InfoNCE losses grow with the global batch" in result.stdout
+    summary = json.loads((output / "run_summary.json").read_text())
+    state = json.loads((output / "schedule_state.json").read_text())
+    assert summary["best"]["epoch"] == state["best"]["epoch"] and summary["best"]["metric"] == "eval_loss"
+    assert set(summary["validation"]) == {"1", "2", "3", "4"} and set(summary["stage_seconds"]) == {"1", "2", "3"}
+    assert all("eval_infonce_loss" in figures for figures in summary["validation"].values())
+
+
+def test_resume_from_a_stage_2_checkpoint_runs_stage_3_fresh(full_run, esci_sample, tiny_encoder_dir, tmp_path):
+    output = copy_of(full_run, tmp_path)
+    (checkpoint,) = (output / "stage2").glob("checkpoint-*")
+    shutil.rmtree(output / "epoch_4")
+    state = json.loads((output / "schedule_state.json").read_text())
+    del state["epochs"]["4"]
+    (output / "schedule_state.json").write_text(json.dumps(state))
+    result = run_train(*quick_args(esci_sample, tiny_encoder_dir, output, "--resume_from_checkpoint", checkpoint))
+    state = json.loads((output / "schedule_state.json").read_text())
+    assert state["completed_stages"] == [1, 2, 3] and {"3", "4"} <= set(state["epochs"])
+    assert (output / "epoch_4" / "0_Transformer" / "model.safetensors").is_file()
+    stage3 = json.loads((output / "stage3" / "trainer_state.json").read_text())["log_history"]
+    rates = [log["learning_rate"] for log in stage3 if "learning_rate" in log]
+    assert rates and max(rates) <= 2e-6 and stage3[-1]["epoch"] == 2
+    assert not list((output / "stage3").glob("checkpoint-*")), "a finished stage keeps no checkpoint by default"
+    assert "mining hard negatives" not in result.stderr, "negatives mined by the same stage-1 model are reused"
+
+
+@pytest.mark.parametrize("bad", ["missing", "stage2", "epoch_1"])
+def test_resume_from_a_path_that_is_no_checkpoint_is_one_line_and_writes_nothing(full_run, esci_sample, tmp_path, bad):
+    output = tmp_path / "new"
+    path = tmp_path / "nowhere" if bad == "missing" else full_run[0] / bad
+    result = run_train(*quick_args(esci_sample, "x", output, "--resume_from_checkpoint", path), check=False)
+    assert result.returncode == 2 and "--resume_from_checkpoint" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr and not output.exists()
+
+
+def test_a_run_with_another_model_never_trains_on_the_first_runs_negatives(full_run, esci_sample, tmp_path):
+    output = copy_of(full_run, tmp_path)
+    first_miner = mined_by(output)
+    other_model = tiny_encoder(tmp_path / "other_encoder", seed=1)
+    run_train(*quick_args(esci_sample, other_model, output, "--stage", "1"))
+    result = run_train(*quick_args(esci_sample, other_model, output, "--stage", "2"))
+    stage1_model = TwoTowerModel.from_pretrained(output / "epoch_1")
+    assert mined_by(output) == model_fingerprint(stage1_model) != first_miner
+    assert "mining hard negatives" in result.stderr
+
+
+def test_explicit_negatives_of_another_model_are_used_with_a_warning(full_run, esci_sample, tmp_path):
+    output = copy_of(full_run, tmp_path)
+    negatives = tmp_path / "theirs.parquet"
+    shutil.copy(output / "hard_negatives_stage2.parquet", negatives)
+    negatives.with_suffix(".json").write_text(json.dumps({"model_fingerprint": "f" * 64}))
+    args = quick_args(esci_sample, "", output, "--stage", "2", "--hard_negatives", negatives)
+    result = run_train(*args)
+    assert f"--hard_negatives {negatives} were mined by model ffffffffffff" in result.stderr
+    assert "mining hard negatives" not in result.stderr
+
+
+def test_prepared_split_is_kept_whatever_the_seed(esci_sample, tiny_encoder_dir, tmp_path):
+    prepare(esci_sample, tmp_path / "data", seed=42)
+    stage1 = datasets.load_from_disk(str(tmp_path / "data" / "stage1"))
+    validation = set(stage1["validation"]["query_id"])
+    negatives = tmp_path / "negatives.parquet"  # any catalogue products: only the query split matters here
+    query_ids = sorted(set(stage1["train"]["query_id"]))[:50]
+    product_ids = datasets.load_from_disk(str(tmp_path / "data" / "catalogue"))["product_id"][-50:]
+    pd.DataFrame({"query_id": query_ids, "product_id": product_ids}).to_parquet(negatives)
+    argv = ["--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out", "--seed", 7,
+            "--validation_fraction", 0.2, "--hard_negatives", negatives]  # fmt: skip
+    run = TrainingRun(*parse_args(ARGUMENT_TYPES, argv=list(map(str, argv))))
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    for stage in (1, 2, 3):
+        splits = run.data.for_stage(stage, model, model)
+        assert not validation & set(splits["train"]["query_id"]), f"stage {stage} trains on validation queries"
+    assert set(run.data.validation(model)["query_id"]) == validation
+
+
+def tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_pretrained(default_base_model())).save_pretrained(folder)
+    return folder
+
+
+def test_two_processes_log_the_loss_components_of_one(esci_sample, tmp_path):
+    """Same global batch of 32 (1 x 32, 2 x 16), no dropout, in order: the logged components agree."""
+    encoder = tiny_encoder(tmp_path / "encoder", dropout=0.0)
+    histories = {}
+    for processes in (1, 2):
+        output = tmp_path / f"p{processes}"
+        args = quick_args(esci_sample, encoder, output, "--stage", "1", "--train_sampling_strategy", "sequential")
+        args[args.index("--per_device_train_batch_size") + 1] = 32 // processes
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+        run_train(*args, launcher=launcher if processes == 2 else (sys.executable,))
+        histories[processes] = json.loads((output / "stage1" / "trainer_state.json").read_text())["log_history"]
+    names = ("loss", "contrastive_loss", "infonce_loss")
+    one, two = ([log for log in histories[n] if "contrastive_loss" in log] for n in (1, 2))
+    assert len(one) == len(two) == 2
+    for first, second in zip(one, two, strict=True):
+        assert [first[name] for name in names] == pytest.approx([second[name] for name in names], rel=1e-4)
