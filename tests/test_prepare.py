@@ -229,19 +229,21 @@ def test_train_py_consumes_the_prepared_folder(prepared):
     from transformers import AutoTokenizer
 
     from ttsn_hf import default_base_model
+    from ttsn_hf.data.groups import build_groups
     from ttsn_hf.training.arguments import DataArguments
-    from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs
+    from ttsn_hf.training.collator import TwoTowerCollator, tokenize_groups
     from ttsn_hf.training.run import known_positives, load_training_data
 
     output, _, _, _ = prepared
     esci, stages = load_training_data(DataArguments(data_dir=str(output)))
     tokenizer = AutoTokenizer.from_pretrained(default_base_model())
-    rows = stages[1]["train"].select(range(8))
-    tokens = tokenize_pairs(
-        rows.flatten_indices(keep_in_memory=True), tokenizer, 16, 32, known_positives(esci.judgements)
+    groups = build_groups(stages[1]["train"]).select(range(8))
+    tokens = tokenize_groups(
+        groups.flatten_indices(keep_in_memory=True), tokenizer, 16, 32, known_positives(esci.judgements)
     )
-    batch = TwoTowerCollator(tokenizer)([tokens[i] for i in range(8)])
-    assert batch["query_input_ids"].shape[0] == 8 and batch["targets"].tolist() == [float(t) for t in rows["target"]]
+    batch = TwoTowerCollator(tokenizer, negatives_per_query=2)([tokens[i] for i in range(8)])
+    assert batch["query_input_ids"].shape[0] == 8 and batch["targets"].sum() == 8
+    assert batch["product_input_ids"].shape[0] == 8 + sum(min(2, len(pool)) for pool in groups["pool_ids"])
 
 
 # ---------------------------------------------------------------- bad hard negatives

@@ -35,7 +35,7 @@ def quick_args(esci_sample, model, output, *extra):
     return [
         "--esci_dir", esci_sample, "--model_name_or_path", model, "--output_dir", output,
         "--max_train_samples", 96, "--max_eval_samples", 48, "--per_device_train_batch_size", 32,
-        "--stage_epochs", "1,1,1", "--logging_steps", 1, *extra,
+        "--stage_epochs", "1,1,1", "--logging_steps", 1, "--selection_corpus_size", 300, *extra,
     ]  # fmt: skip
 
 

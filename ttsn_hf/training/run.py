@@ -15,13 +15,17 @@ import torch
 from transformers import TrainerCallback
 
 from ..atomic import atomic_path, write_text_atomic
+from ..data.groups import build_groups
 from ..errors import HubUnreachableError, UserInputError
-from ..losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
+from ..evaluation.selection import RetrievalEvaluator
+from ..losses import CombinedLoss, DistillKLDivLoss, InBatchInfoNCELoss, MarginMSELoss, WeightedContrastiveLoss
 from ..modeling.hub import ensure_hub_reachable
 from ..modeling.model import TwoTowerModel, load_model
 from .arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
-from .collator import TwoTowerCollator, tokenize_pairs
+from .collator import NegativeDrawCallback, TwoTowerCollator, tokenize_groups
+from .merge import merge_saved_model
 from .schedule import Stage, build_schedule
+from .teacher import TeacherScorer
 from .trainer import TwoTowerTrainer
 
 logger = logging.getLogger(__name__)
@@ -29,7 +33,8 @@ STATE_FILE = "schedule_state.json"
 
 
 class EpochCheckpointCallback(TrainerCallback):
-    """After each epoch's validation: write ``epoch_N/`` and, on a new lowest validation loss, ``best_model/``."""
+    """After each epoch's validation: write ``epoch_N/`` and, on a new best ``metric_for_best_model`` (a validation
+    retrieval metric by default, else the validation loss), ``best_model/``."""
 
     def __init__(self, output_dir: Path, stage: Stage):
         self.output_dir, self.stage = output_dir, stage
@@ -41,11 +46,23 @@ class EpochCheckpointCallback(TrainerCallback):
         save_model(model, self.output_dir / f"epoch_{epoch}")
         record = read_state(self.output_dir)
         record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
+        name, greater = selection_metric(args)
         best = record.get("best")
-        if best is None or metrics["eval_loss"] < best["eval_loss"]:
+        if best is None or name not in best or is_better(metrics[name], best[name], greater):
             save_model(model, self.output_dir / "best_model")
-            record["best"] = {"epoch": epoch, "eval_loss": metrics["eval_loss"]}
+            record["best"] = {"epoch": epoch, "eval_loss": metrics["eval_loss"], name: metrics[name]}
         write_state(self.output_dir, record)
+
+
+def selection_metric(args) -> tuple[str, bool]:
+    name = args.metric_for_best_model or "eval_loss"
+    name = name if name.startswith("eval_") else f"eval_{name}"
+    greater = args.greater_is_better if args.greater_is_better is not None else not name.endswith("loss")
+    return name, greater
+
+
+def is_better(value: float, best: float, greater: bool) -> bool:
+    return value > best if greater else value < best
 
 
 def save_model(model: TwoTowerModel, folder: Path) -> None:
@@ -92,9 +109,25 @@ class TrainingRun:
         self.known_positives = known_positives(self.esci.judgements)
         self.loss = CombinedLoss(
             WeightedContrastiveLoss(schedule_args.margin),
-            InBatchInfoNCELoss(schedule_args.temperature, schedule_args.mask_false_negatives),
+            InBatchInfoNCELoss(
+                schedule_args.temperature, schedule_args.mask_false_negatives, schedule_args.label_weighted_infonce
+            ),
             schedule_args.contrastive_weight,
             schedule_args.infonce_weight,
+            MarginMSELoss() if schedule_args.distillation_loss == "margin_mse" else DistillKLDivLoss(),
+            schedule_args.distillation_weight,
+        )
+        self.teacher = self.make_teacher()
+
+    def make_teacher(self) -> TeacherScorer | None:
+        if not self.data_args.teacher_model_name_or_path:
+            if self.schedule_args.distillation_weight:
+                raise UserInputError("--distillation_weight needs --teacher_model_name_or_path")
+            return None
+        return TeacherScorer(
+            self.data_args.teacher_model_name_or_path,
+            self.data_args.teacher_cache_dir or self.output_dir / "teacher_scores",
+            cross_encoder=self.data_args.teacher_cross_encoder,
         )
 
     def stages_to_run(self) -> list[Stage]:
@@ -112,6 +145,9 @@ class TrainingRun:
                 logger.info("stage %d already completed: skipped", stage.number)
                 continue
             self.train_stage(stage)
+        if self.schedule_args.merge_base_weight and self.training_args.should_save:
+            merge_saved_model(self.output_dir / "best_model", self._load_initial_model(self.schedule[0]),
+                              self.schedule_args.merge_base_weight)  # fmt: skip
         if self.training_args.push_to_hub and self.training_args.should_save:
             self.push_best_model()
         return read_state(self.output_dir)
@@ -137,6 +173,9 @@ class TrainingRun:
             "schedule": [dataclasses.asdict(stage) for stage in self.schedule],
             "loss": self.loss.get_config_dict(),
             "label_weights": self.schedule_args.parsed_label_weights(),
+            "negatives_per_query": self.data_args.negatives_per_query,
+            "selection_metric": selection_metric(self.training_args)[0],
+            **({"teacher": self.teacher.get_config_dict()} if self.teacher else {}),
         }
 
     def initial_model(self, stage: Stage) -> TwoTowerModel:
@@ -209,14 +248,28 @@ class TrainingRun:
             return dataset
         return dataset.shuffle(seed=self.training_args.seed).select(range(limit))
 
-    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel) -> datasets.Dataset:
-        return tokenize_pairs(
-            dataset,
+    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel, pool_limit: int | None = None):
+        """Query groups of the stage rows, tokenised (with the teacher's cached scores when there is a teacher)."""
+        groups = build_groups(dataset, pool_limit, self.training_args.seed)
+        teacher = self.teacher.score_groups(groups) if self.teacher else None
+        return tokenize_groups(
+            groups,
             model.tokenizer,
             model.config.query_max_length,
             model.config.product_max_length,
             self.known_positives,
             self.schedule_args.parsed_label_weights(),
+            teacher,
+        )
+
+    def selection_evaluator(self, validation: datasets.Dataset) -> RetrievalEvaluator:
+        return RetrievalEvaluator(
+            self.esci.judgements.to_pandas(),
+            self.esci.catalogue.to_pandas(),
+            sorted(set(validation["query_id"])),
+            self.data_args.selection_corpus_size,
+            self.training_args.seed,
+            bf16=self.training_args.bf16,
         )
 
     def train_stage(self, stage: Stage) -> None:
@@ -230,14 +283,21 @@ class TrainingRun:
             num_train_epochs=len(stage.epochs),
             learning_rate=stage.learning_rate,
         )
+        negatives = self.data_args.negatives_per_query
+        collator = TwoTowerCollator(model.tokenizer, negatives, self.training_args.seed)
+        evaluation = self.cap(validation["validation"], self.data_args.max_eval_samples)
         trainer = TwoTowerTrainer(
             model=model,
             args=args,
             train_dataset=self.tokenize(self.cap(splits["train"], self.data_args.max_train_samples), model),
-            eval_dataset=self.tokenize(self.cap(validation["validation"], self.data_args.max_eval_samples), model),
-            data_collator=TwoTowerCollator(model.tokenizer),
+            eval_dataset=self.tokenize(evaluation, model, pool_limit=negatives),
+            data_collator=collator,
             loss=self.loss,
-            callbacks=[EpochCheckpointCallback(self.output_dir, stage)],
+            retrieval_evaluator=self.selection_evaluator(evaluation),
+            callbacks=[
+                EpochCheckpointCallback(self.output_dir, stage),
+                NegativeDrawCallback(collator, stage.epochs[0]),
+            ],
         )
         trainer.train(resume_from_checkpoint=self.resume_checkpoint(args.output_dir))
         if trainer.is_world_process_zero():

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -14,7 +15,9 @@ from ..errors import NonFiniteLossError
 from ..losses import CombinedLoss
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
-LOSS_INPUTS = ("targets", "weights", "product_keys", "mask_keys")
+LOSS_INPUTS = (
+    "positive_index", "product_group", "targets", "weights", "product_keys", "mask_keys", "teacher_scores"
+)  # fmt: skip
 
 
 class TwoTowerTrainer(Trainer):
@@ -22,16 +25,19 @@ class TwoTowerTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # the loss is a per-batch mean: Trainer divides it over accumulation steps
 
-    def __init__(self, *args, loss: nn.Module | None = None, **kwargs):
+    def __init__(self, *args, loss: nn.Module | None = None, retrieval_evaluator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss = loss or CombinedLoss()
+        self.retrieval_evaluator = retrieval_evaluator  # adds eval_recall@10, eval_ndcg@10 to each evaluation
         self._component_sums: dict[str, dict[str, float]] = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._component_counts = {"train": 0, "eval": 0}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{name: inputs[name] for name in MODEL_INPUTS})
         losses = self.loss(
-            outputs.query_embeddings, outputs.product_embeddings, *(inputs[name] for name in LOSS_INPUTS)
+            outputs.query_embeddings,
+            outputs.product_embeddings,
+            **{name: inputs[name] for name in LOSS_INPUTS if name in inputs},
         )
         if not math.isfinite(losses["loss"].item()):
             raise NonFiniteLossError(
@@ -52,6 +58,17 @@ class TwoTowerTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
+        if self.retrieval_evaluator is not None:
+            scores = [None]
+            if self.is_world_process_zero():  # searched once, the metrics sent to every process
+                scores = [self.retrieval_evaluator(self.accelerator.unwrap_model(self.model))]
+            scores = broadcast_object_list(scores)[0]
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            output.metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
+        return output
 
     def _record_components(self, losses: dict[str, torch.Tensor], mode: str) -> None:
         for name, value in losses.items():
