@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,12 +37,20 @@ from ttsn_hf.retrieval.encoding import encode_catalogue  # noqa: E402
 
 EXAMPLES = "shopping_queries_dataset_examples.parquet"
 PRODUCTS = "shopping_queries_dataset_products.parquet"
-METRICS = ("recall@10", "mrr", "ndcg@10")
+METRICS = ("recall@10", "mrr", "ndcg@10", "esci_rank_ndcg")
+TEACHER = Path(os.environ.get("TTSN_TEACHER", "/tmp/teachers/all-mpnet-base-v2/model/all-mpnet-base-v2"))
 SCREEN = {"schedule": {"stage": "1"}}  # stage 1 alone, with the default stage-1 epochs and rate
 
 # name -> overrides per dataclass ("model", "data", "schedule", "training"); "screen" runs stage 1 only
+TEACHER_DATA = {"teacher_model_name_or_path": str(TEACHER), "teacher_cache_dir": "/tmp/quality_study/teacher_cache"}
 CONFIGS: dict[str, dict] = {
     "default": {},
+    "teacher_mse_30": {"data": TEACHER_DATA, "schedule": {"distillation_weight": 30.0}},
+    "teacher_kl_1": {"data": TEACHER_DATA, "schedule": {"distillation_weight": 1.0, "distillation_loss": "kl"}},
+    "negatives_1": {"data": {"negatives_per_query": 1}},
+    "negatives_8": {"data": {"negatives_per_query": 8}},
+    "unweighted_infonce": {"schedule": {"label_weighted_infonce": False}},
+    "pseudo_teacher": {"data": {**TEACHER_DATA, "pseudo_queries": 2000}, "schedule": {"distillation_weight": 30.0}},
     "screen_default": SCREEN,
     "screen_temperature_0.02": {"schedule": {"stage": "1", "temperature": 0.02}},
     "screen_temperature_0.1": {"schedule": {"stage": "1", "temperature": 0.1}},
@@ -133,20 +142,24 @@ class Scorer:
         self.texts = self.catalogue["product_text"].fillna("").tolist()
         self._bm25 = None
 
-    def run(self, model_path: str | None, query_ids: list[str]) -> dict[str, list[str]]:
+    def run(self, model_path: str | None, query_ids: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """(top-100 run, judged products ranked by score) of ``query_ids``."""
         model = load_model(model_path)
         product_emb = encode_catalogue(model, self.product_ids, self.texts, batch_size=256, bf16=True)
         queries = {qid: self.queries[qid] for qid in query_ids}
-        return dense_run(model, queries, self.product_ids, product_emb, 100, batch_size=256, bf16=True)
+        qrels = {qid: self.qrels[qid] for qid in query_ids}
+        return dense_run(model, queries, self.product_ids, product_emb, 100, qrels, batch_size=256, bf16=True)
 
     def bm25(self) -> dict[str, list[str]]:
         if self._bm25 is None:
             self._bm25 = bm25_run(self.queries, self.product_ids, self.texts, 100)
         return self._bm25
 
-    def per_query(self, run: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    def per_query(self, run: dict[str, list[str]], judged: dict | None = None) -> dict[str, dict[str, float]]:
+        if isinstance(run, tuple):
+            run, judged = run
         qrels = {qid: self.qrels[qid] for qid in run}
-        _, rows = evaluate_run(run, qrels)
+        _, rows = evaluate_run(run, qrels, judged_run=judged)
         return {row["query_id"]: {name: row[name] for name in METRICS} for row in rows}
 
 
@@ -172,9 +185,14 @@ def load_results(path: Path) -> dict:
 
 
 def zero_shot(scorer: Scorer, results: dict, path: Path) -> dict[str, dict]:
-    if "zero_shot_per_query" not in results:
+    needs = "zero_shot_per_query" not in results
+    needs = needs or "esci_rank_ndcg" not in next(iter(results["zero_shot_per_query"].values()))
+    if needs:
         results["zero_shot_per_query"] = scorer.per_query(scorer.run(None, list(scorer.queries)))
         results["bm25_per_query"] = scorer.per_query(scorer.bm25())
+        write_json(path, results)
+    if "mpnet_per_query" not in results and TEACHER.is_dir():
+        results["mpnet_per_query"] = scorer.per_query(scorer.run(str(TEACHER), list(scorer.queries)))
         write_json(path, results)
     return results["zero_shot_per_query"]
 
@@ -199,8 +217,8 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
             for epoch in range(1, last_epoch):
                 run = scorer.run(str(output_dir / f"epoch_{epoch}"), held_out)
                 per_query.setdefault(f"epoch_{epoch}", {}).update(scorer.per_query(run))
-        final_run = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
-        per_query["final"].update(scorer.per_query(final_run))
+        final_run, final_judged = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
+        per_query["final"].update(scorer.per_query(final_run, final_judged))
         bm25 = {qid: scorer.bm25()[qid] for qid in held_out}
         per_query["hybrid_final"].update(scorer.per_query(rrf_fuse([final_run, bm25], k=60, depth=100)))
         if state["best"]["epoch"] != last_epoch:
@@ -214,6 +232,7 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
     epochs = {name: summarise(scores, reference) for name, scores in per_query.items() if name.startswith("epoch_")}
     return {
         "overrides": overrides,
+        "defaults_commit": _commit(),
         "folds": len(folds),
         "seed": args.seed,
         "train_seconds_per_fold": timings,
@@ -224,7 +243,16 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         "earlier_epochs": epochs,
         "load_average": load_now(),
         "per_query_last_epoch": per_query["final"],
+        "per_query_best_model": per_query["best"],
+        "per_query_epochs": {name: scores for name, scores in per_query.items() if name.startswith("epoch_")},
     }
+
+
+def _commit() -> str | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or None
 
 
 def study_ceiling(name: str, args, scorer: Scorer, results: dict) -> dict:
@@ -295,7 +323,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--esci_dir", type=Path, default=SAMPLE_DIR)
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/quality_study"))
-    parser.add_argument("--output", type=Path, default=RESULTS / "quality_cv.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "quality_groups.json")
     parser.add_argument("--keep_models", action="store_true")
     parser.add_argument("--all_epochs", action="store_true", help="also score every earlier epoch")
     parser.add_argument("--ceiling", action="store_true", help="leak run of --configs: trains on test queries too")
