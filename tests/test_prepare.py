@@ -372,7 +372,13 @@ def test_pseudo_queries_are_title_spans_added_to_training_only(esci_sample):
     again = build_stage(esci, 1, pseudo_queries=500)
     train = adapted["train"].to_pandas()
     pseudo = train[train["source"] == "pseudo"]
-    assert len(train) == len(plain["train"]) + len(pseudo) and 450 <= len(pseudo) <= 500
+    negatives = train[train["query_id"].str.startswith("pseudo:") & (train["source"] == "random")]
+    assert len(train) == len(plain["train"]) + len(pseudo) + len(negatives) and 450 <= len(pseudo) <= 500
+    # each pseudo-query's group has random catalogue negatives (default 4), never its own product
+    assert negatives.groupby("query_id").size().eq(4).all() and set(negatives["query_id"]) == set(pseudo["query_id"])
+    pairs = set(zip(negatives["query_id"], negatives["product_id"], strict=True))
+    assert not pairs & set(zip(pseudo["query_id"], pseudo["product_id"], strict=True))
+    assert (negatives["target"] == 0).all()
     assert adapted["validation"].to_pandas().equals(plain["validation"].to_pandas())
     assert (pseudo["target"] == 1).all() and pseudo["product_id"].is_unique
     for query, text in zip(pseudo["query"], pseudo["product_text"], strict=True):
