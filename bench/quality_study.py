@@ -285,35 +285,97 @@ def study_ceiling(name: str, args, scorer: Scorer, results: dict) -> dict:
     }
 
 
-def print_table(results: dict) -> None:
-    print("| config | folds | R@10 | MRR | nDCG@10 | R@10 / zero-shot | ΔR@10 (95% CI) | best-model R@10 | s/fold |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+def study_merge(name: str, weight: float, args, scorer: Scorer, folds: list[list[str]], results: dict) -> dict:
+    """WiSE-FT after the fact: each fold's kept best_model of ``name`` merged with the base encoder
+    (``--merge_base_weight weight``), scored on the fold's held-out queries. Needs a ``--keep_models`` run."""
+    from ttsn_hf.training.merge import merge_with_base
+
+    per_query = {}
+    for index, held_out in enumerate(folds):
+        output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_s{args.seed}_fold{index}"
+        merged = merge_with_base(load_model(str(output_dir / "best_model")), load_model(None), weight)
+        merged.save_pretrained(output_dir / f"merged_{weight}")
+        per_query.update(scorer.per_query(scorer.run(str(output_dir / f"merged_{weight}"), held_out)))
+    return {
+        "overrides": {**CONFIGS[name], "merge_base_weight_after_the_fact": weight},
+        "folds": len(folds),
+        "seed": args.seed,
+        "train_seconds_per_fold": [0.0],
+        "best_model": summarise(per_query, results["zero_shot_per_query"]),
+        "last_epoch": summarise(per_query, results["zero_shot_per_query"]),
+        "per_query_last_epoch": per_query,
+    }
+
+
+def study_official(name: str, args, scorer: Scorer, results: dict) -> dict:
+    """``name`` trained on the official train split (what ``train.py`` does with the sample as given), every epoch
+    and best_model scored on the official test queries; the wall time includes teacher scoring (fresh cache)."""
+    examples = pd.read_parquet(args.esci_dir / EXAMPLES)
+    test_queries = sorted(set(examples.loc[examples["split"] == "test", "query_id"].astype(str)))
+    output_dir = args.work_dir / "runs" / f"official_{name}"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    overrides = json.loads(json.dumps(CONFIGS[name]))
+    if "teacher_cache_dir" in overrides.get("data", {}):
+        overrides["data"]["teacher_cache_dir"] = str(output_dir / "teacher_scores")
+    started = time.perf_counter()
+    state = train_config(overrides, args.esci_dir, output_dir, args.seed)
+    seconds = round(time.perf_counter() - started, 1)
+    reference = results["zero_shot_per_query"]
+    epochs = {}
+    for epoch in sorted(int(epoch) for epoch in state["epochs"]):
+        run = scorer.run(str(output_dir / f"epoch_{epoch}"), test_queries)
+        epochs[f"epoch_{epoch}"] = summarise(scorer.per_query(run), reference)
+    best = scorer.per_query(scorer.run(str(output_dir / "best_model"), test_queries))
+    if not args.keep_models:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return {
+        "overrides": CONFIGS[name],
+        "num_test_queries": len(test_queries),
+        "train_seconds_including_teacher_scoring": seconds,
+        "best_epoch": state["best"]["epoch"],
+        "epochs": epochs,
+        "best_model": summarise(best, reference),
+        "per_query_best_model": best,
+        "load_average": load_now(),
+    }
+
+
+def _ci(diff: dict) -> str:
+    return f"{diff['difference']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
+
+
+def print_table(results: dict, which: str = "best_model") -> None:
+    """Each config's ``which`` (best_model or last_epoch) against zero-shot MiniLM on the same queries."""
+    deltas = " | ".join(f"Δ{name} vs zero-shot" for name in METRICS)
+    print(f"| config ({which}) | " + " | ".join(METRICS) + f" | R@10 / zero-shot | {deltas} | s/fold |")
+    print("|---|" + "---:|" * (len(METRICS) + 1) + "---|" * len(METRICS) + "---:|")
     for name, entry in results["configs"].items():
-        last, best = entry["last_epoch"], entry["best_model"]
-        diff = last["recall@10_diff"]
+        summary = entry[which]
+        if any(metric not in summary for metric in METRICS):
+            continue
         print(
-            f"| {name} | {entry['folds']} | {last['recall@10']:.3f} | {last['mrr']:.3f} | {last['ndcg@10']:.3f} | "
-            f"{last['recall@10_ratio']:.3f} | {diff['difference']:+.3f} "
-            f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | "
-            f"{best['recall@10']:.3f} | {np.mean(entry['train_seconds_per_fold']):.0f} |"
+            f"| {name} | "
+            + " | ".join(f"{summary[metric]:.3f}" for metric in METRICS)
+            + f" | {summary['recall@10_ratio']:.3f} | "
+            + " | ".join(_ci(summary[f"{metric}_diff"]) for metric in METRICS)
+            + f" | {np.mean(entry['train_seconds_per_fold']):.0f} |"
         )
+
+
+def per_query_of(entry: dict) -> dict:
+    return entry.get("per_query_best_model") or entry["per_query_last_epoch"]
 
 
 def print_versus(results: dict, reference_name: str) -> None:
-    """Each config's last epoch minus ``reference_name``'s, paired on the same queries (95% bootstrap CI)."""
-    reference = results["configs"][reference_name]["per_query_last_epoch"]
-    print(f"| config | ΔR@10 vs {reference_name} | ΔMRR | ΔnDCG@10 |")
-    print("|---|---|---|---|")
+    """Each config's best_model minus ``reference_name``'s, paired on the same queries (95% bootstrap CI)."""
+    reference = per_query_of(results["configs"][reference_name])
+    print("| config | " + " | ".join(f"Δ{metric} vs {reference_name}" for metric in METRICS) + " |")
+    print("|---|" + "---|" * len(METRICS))
     for name, entry in results["configs"].items():
-        if name == reference_name:
+        if name == reference_name or set(per_query_of(entry)) != set(reference):
             continue
-        summary = summarise(entry["per_query_last_epoch"], reference)
-        cells = [summary[f"{metric}_diff"] for metric in METRICS]
-        print(
-            f"| {name} | "
-            + " | ".join(f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" for c in cells)
-            + " |"
-        )
+        summary = summarise(per_query_of(entry), reference)
+        print(f"| {name} | " + " | ".join(_ci(summary[f"{metric}_diff"]) for metric in METRICS) + " |")
 
 
 def main() -> None:
@@ -331,6 +393,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the configs and exit")
     parser.add_argument("--suffix", default="", help="stored as NAME+SUFFIX (e.g. a second --seed)")
     parser.add_argument("--versus", help="with --table: paired differences against this config")
+    parser.add_argument("--merge_weights", type=float, nargs="*", help="WiSE-FT of kept --configs runs, after the fact")
+    parser.add_argument("--official", action="store_true", help="train --configs on the official split, score test")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "datasets", "ttsn_hf"):
@@ -344,6 +408,7 @@ def main() -> None:
     results = load_results(args.output)
     if args.table:
         print_table(results)
+        print_table(results, "last_epoch")
         if args.versus:
             print_versus(results, args.versus)
         return
@@ -358,7 +423,24 @@ def main() -> None:
             write_json(args.output, results)
             print(json.dumps(entry, indent=2))
         return
+    if args.official:
+        for name in args.configs:
+            entry = study_official(name, args, scorer, results)
+            results = load_results(args.output)
+            results.setdefault("official", {})[name + args.suffix] = entry
+            write_json(args.output, results)
+            print(json.dumps({key: value for key, value in entry.items() if not key.startswith("per_query")}, indent=1))
+        return
     folds = fold_queries(pd.read_parquet(args.esci_dir / EXAMPLES), args.folds, args.seed)
+    if args.merge_weights:
+        for name in args.configs:
+            for weight in args.merge_weights:
+                entry = study_merge(name, weight, args, scorer, folds, results)
+                results = load_results(args.output)
+                results["configs"][f"{name}{args.suffix}+merge_{weight}"] = entry
+                write_json(args.output, results)
+                print_table({"configs": {f"{name}{args.suffix}+merge_{weight}": entry}})
+        return
     for name in args.configs:
         entry = study_config(name, args, scorer, folds, load_results(args.output))
         results = load_results(args.output)  # another study may have written meanwhile

@@ -95,12 +95,23 @@ class TeacherScorer:
                 f"--teacher_model_name_or_path {self.name_or_path}: cannot load it ({error}); offline, fetch a "
                 "teacher folder first (python bench/fetch_teacher.py)"
             ) from None
-        queries = sorted({query for query, _ in pairs})
-        texts = sorted({text for _, text in pairs})
-        encode = dict(batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True)
-        query_rows = dict(zip(queries, model.encode(queries, **encode), strict=True))
-        text_rows = dict(zip(texts, model.encode(texts, **encode), strict=True))
-        return np.array([float(query_rows[query] @ text_rows[text]) for query, text in pairs])
+        embeddings = self._embeddings(model, sorted({text for pair in pairs for text in pair}))
+        return np.array([float(embeddings[query] @ embeddings[text]) for query, text in pairs])
+
+    def _embeddings(self, model, texts: list[str]) -> dict[str, np.ndarray]:
+        """A bi-encoder teacher's embeddings, also cached by text: other groups of the same texts (another
+        fold, another stage's pool) cost only a dot product."""
+        path = self.cache_path.with_name(f"teacher_embeddings_{self.fingerprint}.parquet")
+        cached = pd.read_parquet(path) if path.exists() else pd.DataFrame({"text": [], "embedding": []})
+        known = dict(zip(cached["text"], cached["embedding"], strict=True))
+        missing = [text for text in texts if text not in known]
+        if missing:
+            encode = dict(batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True)
+            known.update(zip(missing, model.encode(missing, **encode), strict=True))
+            frame = pd.DataFrame({"text": list(known), "embedding": [np.asarray(v).tolist() for v in known.values()]})
+            with atomic_path(path) as temporary:
+                frame.to_parquet(temporary, index=False)
+        return {text: np.asarray(known[text], dtype=np.float32) for text in texts}
 
     def _save(self) -> None:
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
