@@ -1,6 +1,10 @@
 """Teacher scores: computed once per (query, product text), cached under the teacher's fingerprint."""
 
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -49,3 +53,23 @@ def test_another_teacher_invalidates_the_cache(groups, tiny_encoder_dir, tmp_pat
     second = TeacherScorer(str(other), tmp_path / "cache").score_groups(groups)
     assert second.scored_now == 5 and second.cache_path != first.cache_path
     assert second("usb c cable", ["Dog bed, large"]) != first("usb c cable", ["Dog bed, large"])
+
+
+def test_train_py_distils_from_a_teacher_with_pseudo_queries(esci_sample, tiny_encoder_dir, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    args = [
+        "--esci_dir", esci_sample, "--model_name_or_path", tiny_encoder_dir, "--output_dir", tmp_path / "run",
+        "--stage", "1", "--stage_epochs", "1,1,1", "--max_train_samples", 64, "--max_eval_samples", 32,
+        "--per_device_train_batch_size", 16, "--logging_steps", 1, "--selection_corpus_size", 300,
+        "--pseudo_queries", 40, "--teacher_model_name_or_path", tiny_encoder_dir, "--distillation_weight", 2.0,
+        "--teacher_cache_dir", tmp_path / "teacher",
+    ]  # fmt: skip
+    result = subprocess.run([sys.executable, str(repo / "train.py"), *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "teacher").glob("teacher_scores_*.parquet"))
+    (state,) = (tmp_path / "run" / "stage1").glob("checkpoint-*/trainer_state.json")
+    logged = json.loads(state.read_text())["log_history"]
+    assert any(record.get("distillation_loss", 0) > 0 for record in logged)
+    config = json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())
+    assert config["training"]["loss"]["distillation_weight"] == 2.0
+    assert config["training"]["teacher"]["teacher"] == str(tiny_encoder_dir)

@@ -128,6 +128,7 @@ class TrainingRun:
             self.data_args.teacher_model_name_or_path,
             self.data_args.teacher_cache_dir or self.output_dir / "teacher_scores",
             cross_encoder=self.data_args.teacher_cross_encoder,
+            bf16=self.training_args.bf16,
         )
 
     def stages_to_run(self) -> list[Stage]:

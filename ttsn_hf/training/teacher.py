@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+import torch
 
 from ..atomic import atomic_path
 from ..errors import UserInputError
@@ -50,9 +51,10 @@ class TeacherScorer:
         cross_encoder: bool = False,
         revision: str | None = None,
         batch_size: int = 64,
+        bf16: bool = False,
     ):
         self.name_or_path, self.cross_encoder, self.revision = name_or_path, cross_encoder, revision
-        self.batch_size = batch_size
+        self.batch_size, self.bf16 = batch_size, bf16
         self.fingerprint = teacher_fingerprint(name_or_path, revision)
         self.cache_path = Path(cache_dir) / f"teacher_scores_{self.fingerprint}.parquet"
         self.scores: dict[int, float] = {}
@@ -73,7 +75,9 @@ class TeacherScorer:
         if missing:
             cached = len(pairs) - len(missing)
             logger.info("teacher %s: scoring %d pairs (%d cached)", self.name_or_path, len(missing), cached)
-            scores = self._score(missing)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+                scores = self._score(missing)
             self.scores.update({pair_key(*pair): float(score) for pair, score in zip(missing, scores, strict=True)})
             self.scored_now += len(missing)
             self._save()
@@ -84,12 +88,13 @@ class TeacherScorer:
         if self.cross_encoder:
             from sentence_transformers import CrossEncoder
 
-            model = CrossEncoder(self.name_or_path, revision=self.revision, device="cpu")
-            return np.asarray(model.predict(pairs, batch_size=self.batch_size, show_progress_bar=True))
+            model = CrossEncoder(self.name_or_path, revision=self.revision)
+            scores = model.predict(pairs, batch_size=self.batch_size, show_progress_bar=True, convert_to_tensor=True)
+            return scores.float().cpu().numpy()
         from sentence_transformers import SentenceTransformer
 
         try:
-            model = SentenceTransformer(self.name_or_path, revision=self.revision, device="cpu")
+            model = SentenceTransformer(self.name_or_path, revision=self.revision)
         except OSError as error:
             raise UserInputError(
                 f"--teacher_model_name_or_path {self.name_or_path}: cannot load it ({error}); offline, fetch a "
@@ -107,7 +112,8 @@ class TeacherScorer:
         missing = [text for text in texts if text not in known]
         if missing:
             encode = dict(batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True)
-            known.update(zip(missing, model.encode(missing, **encode), strict=True))
+            vectors = model.encode(missing, convert_to_tensor=True, **encode).float().cpu().numpy()
+            known.update(zip(missing, vectors, strict=True))
             frame = pd.DataFrame({"text": list(known), "embedding": [np.asarray(v).tolist() for v in known.values()]})
             with atomic_path(path) as temporary:
                 frame.to_parquet(temporary, index=False)
