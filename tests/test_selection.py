@@ -12,7 +12,7 @@ from ttsn_hf import TwoTowerModel
 from ttsn_hf.data.esci import load_esci
 from ttsn_hf.evaluation.selection import RetrievalEvaluator
 from ttsn_hf.training.arguments import TwoTowerTrainingArguments
-from ttsn_hf.training.merge import merge_with_base
+from ttsn_hf.training.merge import merge_saved_model, merge_with_base
 from ttsn_hf.training.run import EpochCheckpointCallback, fresh_state, write_state
 from ttsn_hf.training.schedule import build_schedule
 
@@ -89,3 +89,19 @@ def test_merge_with_base_interpolates_every_weight(tiny_encoder_dir):
             torch.testing.assert_close(tensor, 0.7 * before[name] + 0.3 * base.state_dict()[name])
     with pytest.raises(ValueError, match="merge_base_weight"):
         merge_with_base(trained, base, 1.5)
+
+
+def test_merge_saved_model_records_the_weight_and_merges_once(tiny_encoder_dir, tmp_path):
+    base = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    trained = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1.0)
+    trained.save_pretrained(tmp_path / "best_model")
+    merge_saved_model(tmp_path / "best_model", base, 0.5)
+    merged = TwoTowerModel.from_pretrained(tmp_path / "best_model")
+    assert merged.config.training["merge_base_weight"] == 0.5
+    name, tensor = next((n, t) for n, t in merged.state_dict().items() if t.is_floating_point())
+    torch.testing.assert_close(tensor, base.state_dict()[name] + 0.5)
+    merge_saved_model(tmp_path / "best_model", base, 0.5)  # a second call (a later --stage run) changes nothing
+    torch.testing.assert_close(TwoTowerModel.from_pretrained(tmp_path / "best_model").state_dict()[name], tensor)

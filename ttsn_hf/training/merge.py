@@ -23,8 +23,13 @@ def merge_with_base(model: TwoTowerModel, base: TwoTowerModel, base_weight: floa
 
 
 def merge_saved_model(folder: Path, base: TwoTowerModel, base_weight: float) -> None:
-    """Merge the model saved in ``folder`` with ``base`` and save it back (atomically), recording the weight."""
-    model = merge_with_base(TwoTowerModel.from_pretrained(folder), base, base_weight)
-    model.config.training = {**(getattr(model.config, "training", None) or {}), "merge_base_weight": base_weight}
+    """Merge the model saved in ``folder`` with ``base`` and save it back (atomically), recording the weight; a
+    model already merged (a later ``--stage`` run that kept the same best_model) is left as it is."""
+    model = TwoTowerModel.from_pretrained(folder)
+    training = getattr(model.config, "training", None) or {}
+    if "merge_base_weight" in training:
+        return
+    model = merge_with_base(model, base, base_weight)
+    model.config.training = {**training, "merge_base_weight": base_weight}
     with atomic_path(folder) as temporary:
         model.save_pretrained(temporary)
