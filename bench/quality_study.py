@@ -47,7 +47,7 @@ CONFIGS: dict[str, dict] = {
     "default": {},
     "teacher_mse_30": {"data": TEACHER_DATA, "schedule": {"distillation_weight": 30.0}},
     "teacher_kl_1": {"data": TEACHER_DATA, "schedule": {"distillation_weight": 1.0, "distillation_loss": "kl"}},
-    "negatives_1": {"data": {"negatives_per_query": 1}},
+    "negatives_4": {"data": {"negatives_per_query": 4}},
     "negatives_8": {"data": {"negatives_per_query": 8}},
     "unweighted_infonce": {"schedule": {"label_weighted_infonce": False}},
     "pseudo_teacher": {"data": {**TEACHER_DATA, "pseudo_queries": 2000}, "schedule": {"distillation_weight": 30.0}},
@@ -209,12 +209,17 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_s{args.seed}_fold{index}"
         shutil.rmtree(output_dir, ignore_errors=True)
         started = time.perf_counter()
+        if args.selection_corpus_size:
+            overrides = {
+                **overrides,
+                "data": {**overrides.get("data", {}), "selection_corpus_size": args.selection_corpus_size},
+            }
         state = train_config(overrides, fold_dir, output_dir, args.seed)
         timings.append(round(time.perf_counter() - started, 1))
         last_epoch = max(int(epoch) for epoch in state["epochs"])
         best_epochs.append({"best": state["best"]["epoch"], "last": last_epoch})
-        if args.all_epochs:
-            for epoch in range(1, last_epoch):
+        if args.all_epochs or args.epochs:
+            for epoch in range(1, last_epoch) if args.all_epochs else [e for e in args.epochs if e < last_epoch]:
                 run = scorer.run(str(output_dir / f"epoch_{epoch}"), held_out)
                 per_query.setdefault(f"epoch_{epoch}", {}).update(scorer.per_query(run))
         final_run, final_judged = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
@@ -388,6 +393,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS / "quality_groups.json")
     parser.add_argument("--keep_models", action="store_true")
     parser.add_argument("--all_epochs", action="store_true", help="also score every earlier epoch")
+    parser.add_argument("--epochs", type=int, nargs="*", help="also score these earlier epochs (cheaper than all)")
+    parser.add_argument(
+        "--selection_corpus_size", type=int, help="judged + sampled products searched by the per-epoch selection"
+    )
     parser.add_argument("--ceiling", action="store_true", help="leak run of --configs: trains on test queries too")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--list", action="store_true", help="print the configs and exit")

@@ -55,7 +55,7 @@ class DataArguments:
     )
     num_random_negatives: int = field(default=4, metadata={"help": "Random catalogue negatives per query."})
     negatives_per_query: int = field(
-        default=4, metadata={"help": "Negatives drawn per query group and epoch from the query's pool."}
+        default=1, metadata={"help": "Negatives drawn per query group and epoch from the query's pool."}
     )
     teacher_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Distillation teacher: a SentenceTransformer folder or hub id (scores cached)."}

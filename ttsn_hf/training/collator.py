@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 DEFAULT_LABEL_WEIGHTS = {"E": 1.0, "S": 0.5, "C": 0.25, "I": 1.0, "": 1.0}
-DEFAULT_NEGATIVES_PER_QUERY = 4
+DEFAULT_NEGATIVES_PER_QUERY = 1
 
 TeacherLookup = Callable[[str, list[str]], list[float]]
 
