@@ -34,11 +34,12 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from ttsn_hf.arguments import TwoTowerTrainingArguments  # noqa: E402
 from ttsn_hf.data.esci import load_esci  # noqa: E402
+from ttsn_hf.data.groups import build_groups  # noqa: E402
 from ttsn_hf.data.stages import build_stage  # noqa: E402
 from ttsn_hf.losses import CombinedLoss  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
 from ttsn_hf.modeling.pretrained import resolve_pretrained  # noqa: E402
-from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs  # noqa: E402
+from ttsn_hf.training.collator import TwoTowerCollator, tokenize_groups  # noqa: E402
 from ttsn_hf.training.run import known_positives  # noqa: E402
 from ttsn_hf.training.trainer import LOSS_INPUTS, MODEL_INPUTS, TwoTowerTrainer  # noqa: E402
 
@@ -191,7 +192,7 @@ def ttsn_trainer(
     rows, known, args, precision: str, output_dir: str, sampling: str, proposed: bool = False
 ) -> TwoTowerTrainer:
     model = TwoTowerModel.from_encoder(default_base_model(), query_max_length=32, product_max_length=128)
-    dataset = tokenize_pairs(rows, model.tokenizer, 32, 128, known)
+    dataset = tokenize_groups(build_groups(rows), model.tokenizer, 32, 128, known)
     training_args = TwoTowerTrainingArguments(**common_arguments(args, precision, output_dir, sampling))
     trainer_class = ProposedSamplerTrainer if proposed else TwoTowerTrainer
     return trainer_class(
@@ -319,7 +320,9 @@ def _profiled_step(trainer, model, batches, phases: dict, precision: str, device
         outputs = model(**{name: inputs[name] for name in MODEL_INPUTS})
         now = mark("forward", now)
         losses = trainer.loss(
-            outputs.query_embeddings, outputs.product_embeddings, *(inputs[name] for name in LOSS_INPUTS)
+            outputs.query_embeddings,
+            outputs.product_embeddings,
+            **{name: inputs[name] for name in LOSS_INPUTS if name in inputs},
         )
         now = mark("loss", now)
     losses["loss"].backward()

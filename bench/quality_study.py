@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,12 +37,20 @@ from ttsn_hf.retrieval.encoding import encode_catalogue  # noqa: E402
 
 EXAMPLES = "shopping_queries_dataset_examples.parquet"
 PRODUCTS = "shopping_queries_dataset_products.parquet"
-METRICS = ("recall@10", "mrr", "ndcg@10")
+METRICS = ("recall@10", "mrr", "ndcg@10", "esci_rank_ndcg")
+TEACHER = Path(os.environ.get("TTSN_TEACHER", "/tmp/teachers/all-mpnet-base-v2/model/all-mpnet-base-v2"))
 SCREEN = {"schedule": {"stage": "1"}}  # stage 1 alone, with the default stage-1 epochs and rate
 
 # name -> overrides per dataclass ("model", "data", "schedule", "training"); "screen" runs stage 1 only
+TEACHER_DATA = {"teacher_model_name_or_path": str(TEACHER), "teacher_cache_dir": "/tmp/quality_study/teacher_cache"}
 CONFIGS: dict[str, dict] = {
     "default": {},
+    "teacher_mse_30": {"data": TEACHER_DATA, "schedule": {"distillation_weight": 30.0}},
+    "teacher_kl_1": {"data": TEACHER_DATA, "schedule": {"distillation_weight": 1.0, "distillation_loss": "kl"}},
+    "negatives_4": {"data": {"negatives_per_query": 4}},
+    "negatives_8": {"data": {"negatives_per_query": 8}},
+    "unweighted_infonce": {"schedule": {"label_weighted_infonce": False}},
+    "pseudo_teacher": {"data": {**TEACHER_DATA, "pseudo_queries": 2000}, "schedule": {"distillation_weight": 30.0}},
     "screen_default": SCREEN,
     "screen_temperature_0.02": {"schedule": {"stage": "1", "temperature": 0.02}},
     "screen_temperature_0.1": {"schedule": {"stage": "1", "temperature": 0.1}},
@@ -133,20 +142,24 @@ class Scorer:
         self.texts = self.catalogue["product_text"].fillna("").tolist()
         self._bm25 = None
 
-    def run(self, model_path: str | None, query_ids: list[str]) -> dict[str, list[str]]:
+    def run(self, model_path: str | None, query_ids: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """(top-100 run, judged products ranked by score) of ``query_ids``."""
         model = load_model(model_path)
         product_emb = encode_catalogue(model, self.product_ids, self.texts, batch_size=256, bf16=True)
         queries = {qid: self.queries[qid] for qid in query_ids}
-        return dense_run(model, queries, self.product_ids, product_emb, 100, batch_size=256, bf16=True)
+        qrels = {qid: self.qrels[qid] for qid in query_ids}
+        return dense_run(model, queries, self.product_ids, product_emb, 100, qrels, batch_size=256, bf16=True)
 
     def bm25(self) -> dict[str, list[str]]:
         if self._bm25 is None:
             self._bm25 = bm25_run(self.queries, self.product_ids, self.texts, 100)
         return self._bm25
 
-    def per_query(self, run: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    def per_query(self, run: dict[str, list[str]], judged: dict | None = None) -> dict[str, dict[str, float]]:
+        if isinstance(run, tuple):
+            run, judged = run
         qrels = {qid: self.qrels[qid] for qid in run}
-        _, rows = evaluate_run(run, qrels)
+        _, rows = evaluate_run(run, qrels, judged_run=judged)
         return {row["query_id"]: {name: row[name] for name in METRICS} for row in rows}
 
 
@@ -172,9 +185,14 @@ def load_results(path: Path) -> dict:
 
 
 def zero_shot(scorer: Scorer, results: dict, path: Path) -> dict[str, dict]:
-    if "zero_shot_per_query" not in results:
+    needs = "zero_shot_per_query" not in results
+    needs = needs or "esci_rank_ndcg" not in next(iter(results["zero_shot_per_query"].values()))
+    if needs:
         results["zero_shot_per_query"] = scorer.per_query(scorer.run(None, list(scorer.queries)))
         results["bm25_per_query"] = scorer.per_query(scorer.bm25())
+        write_json(path, results)
+    if "mpnet_per_query" not in results and TEACHER.is_dir():
+        results["mpnet_per_query"] = scorer.per_query(scorer.run(str(TEACHER), list(scorer.queries)))
         write_json(path, results)
     return results["zero_shot_per_query"]
 
@@ -191,16 +209,21 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_s{args.seed}_fold{index}"
         shutil.rmtree(output_dir, ignore_errors=True)
         started = time.perf_counter()
+        if args.selection_corpus_size:
+            overrides = {
+                **overrides,
+                "data": {**overrides.get("data", {}), "selection_corpus_size": args.selection_corpus_size},
+            }
         state = train_config(overrides, fold_dir, output_dir, args.seed)
         timings.append(round(time.perf_counter() - started, 1))
         last_epoch = max(int(epoch) for epoch in state["epochs"])
         best_epochs.append({"best": state["best"]["epoch"], "last": last_epoch})
-        if args.all_epochs:
-            for epoch in range(1, last_epoch):
+        if args.all_epochs or args.epochs:
+            for epoch in range(1, last_epoch) if args.all_epochs else [e for e in args.epochs if e < last_epoch]:
                 run = scorer.run(str(output_dir / f"epoch_{epoch}"), held_out)
                 per_query.setdefault(f"epoch_{epoch}", {}).update(scorer.per_query(run))
-        final_run = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
-        per_query["final"].update(scorer.per_query(final_run))
+        final_run, final_judged = scorer.run(str(output_dir / f"epoch_{last_epoch}"), held_out)
+        per_query["final"].update(scorer.per_query(final_run, final_judged))
         bm25 = {qid: scorer.bm25()[qid] for qid in held_out}
         per_query["hybrid_final"].update(scorer.per_query(rrf_fuse([final_run, bm25], k=60, depth=100)))
         if state["best"]["epoch"] != last_epoch:
@@ -214,6 +237,7 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
     epochs = {name: summarise(scores, reference) for name, scores in per_query.items() if name.startswith("epoch_")}
     return {
         "overrides": overrides,
+        "defaults_commit": _commit(),
         "folds": len(folds),
         "seed": args.seed,
         "train_seconds_per_fold": timings,
@@ -224,7 +248,16 @@ def study_config(name: str, args, scorer: Scorer, folds: list[list[str]], result
         "earlier_epochs": epochs,
         "load_average": load_now(),
         "per_query_last_epoch": per_query["final"],
+        "per_query_best_model": per_query["best"],
+        "per_query_epochs": {name: scores for name, scores in per_query.items() if name.startswith("epoch_")},
     }
+
+
+def _commit() -> str | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or None
 
 
 def study_ceiling(name: str, args, scorer: Scorer, results: dict) -> dict:
@@ -257,35 +290,97 @@ def study_ceiling(name: str, args, scorer: Scorer, results: dict) -> dict:
     }
 
 
-def print_table(results: dict) -> None:
-    print("| config | folds | R@10 | MRR | nDCG@10 | R@10 / zero-shot | ΔR@10 (95% CI) | best-model R@10 | s/fold |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+def study_merge(name: str, weight: float, args, scorer: Scorer, folds: list[list[str]], results: dict) -> dict:
+    """WiSE-FT after the fact: each fold's kept best_model of ``name`` merged with the base encoder
+    (``--merge_base_weight weight``), scored on the fold's held-out queries. Needs a ``--keep_models`` run."""
+    from ttsn_hf.training.merge import merge_with_base
+
+    per_query = {}
+    for index, held_out in enumerate(folds):
+        output_dir = args.work_dir / "runs" / f"{name}_k{len(folds)}_s{args.seed}_fold{index}"
+        merged = merge_with_base(load_model(str(output_dir / "best_model")), load_model(None), weight)
+        merged.save_pretrained(output_dir / f"merged_{weight}")
+        per_query.update(scorer.per_query(scorer.run(str(output_dir / f"merged_{weight}"), held_out)))
+    return {
+        "overrides": {**CONFIGS[name], "merge_base_weight_after_the_fact": weight},
+        "folds": len(folds),
+        "seed": args.seed,
+        "train_seconds_per_fold": [0.0],
+        "best_model": summarise(per_query, results["zero_shot_per_query"]),
+        "last_epoch": summarise(per_query, results["zero_shot_per_query"]),
+        "per_query_last_epoch": per_query,
+    }
+
+
+def study_official(name: str, args, scorer: Scorer, results: dict) -> dict:
+    """``name`` trained on the official train split (what ``train.py`` does with the sample as given), every epoch
+    and best_model scored on the official test queries; the wall time includes teacher scoring (fresh cache)."""
+    examples = pd.read_parquet(args.esci_dir / EXAMPLES)
+    test_queries = sorted(set(examples.loc[examples["split"] == "test", "query_id"].astype(str)))
+    output_dir = args.work_dir / "runs" / f"official_{name}"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    overrides = json.loads(json.dumps(CONFIGS[name]))
+    if "teacher_cache_dir" in overrides.get("data", {}):
+        overrides["data"]["teacher_cache_dir"] = str(output_dir / "teacher_scores")
+    started = time.perf_counter()
+    state = train_config(overrides, args.esci_dir, output_dir, args.seed)
+    seconds = round(time.perf_counter() - started, 1)
+    reference = results["zero_shot_per_query"]
+    epochs = {}
+    for epoch in sorted(int(epoch) for epoch in state["epochs"]):
+        run = scorer.run(str(output_dir / f"epoch_{epoch}"), test_queries)
+        epochs[f"epoch_{epoch}"] = summarise(scorer.per_query(run), reference)
+    best = scorer.per_query(scorer.run(str(output_dir / "best_model"), test_queries))
+    if not args.keep_models:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return {
+        "overrides": CONFIGS[name],
+        "num_test_queries": len(test_queries),
+        "train_seconds_including_teacher_scoring": seconds,
+        "best_epoch": state["best"]["epoch"],
+        "epochs": epochs,
+        "best_model": summarise(best, reference),
+        "per_query_best_model": best,
+        "load_average": load_now(),
+    }
+
+
+def _ci(diff: dict) -> str:
+    return f"{diff['difference']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
+
+
+def print_table(results: dict, which: str = "best_model") -> None:
+    """Each config's ``which`` (best_model or last_epoch) against zero-shot MiniLM on the same queries."""
+    deltas = " | ".join(f"Δ{name} vs zero-shot" for name in METRICS)
+    print(f"| config ({which}) | " + " | ".join(METRICS) + f" | R@10 / zero-shot | {deltas} | s/fold |")
+    print("|---|" + "---:|" * (len(METRICS) + 1) + "---|" * len(METRICS) + "---:|")
     for name, entry in results["configs"].items():
-        last, best = entry["last_epoch"], entry["best_model"]
-        diff = last["recall@10_diff"]
+        summary = entry[which]
+        if any(metric not in summary for metric in METRICS):
+            continue
         print(
-            f"| {name} | {entry['folds']} | {last['recall@10']:.3f} | {last['mrr']:.3f} | {last['ndcg@10']:.3f} | "
-            f"{last['recall@10_ratio']:.3f} | {diff['difference']:+.3f} "
-            f"[{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] | "
-            f"{best['recall@10']:.3f} | {np.mean(entry['train_seconds_per_fold']):.0f} |"
+            f"| {name} | "
+            + " | ".join(f"{summary[metric]:.3f}" for metric in METRICS)
+            + f" | {summary['recall@10_ratio']:.3f} | "
+            + " | ".join(_ci(summary[f"{metric}_diff"]) for metric in METRICS)
+            + f" | {np.mean(entry['train_seconds_per_fold']):.0f} |"
         )
+
+
+def per_query_of(entry: dict) -> dict:
+    return entry.get("per_query_best_model") or entry["per_query_last_epoch"]
 
 
 def print_versus(results: dict, reference_name: str) -> None:
-    """Each config's last epoch minus ``reference_name``'s, paired on the same queries (95% bootstrap CI)."""
-    reference = results["configs"][reference_name]["per_query_last_epoch"]
-    print(f"| config | ΔR@10 vs {reference_name} | ΔMRR | ΔnDCG@10 |")
-    print("|---|---|---|---|")
+    """Each config's best_model minus ``reference_name``'s, paired on the same queries (95% bootstrap CI)."""
+    reference = per_query_of(results["configs"][reference_name])
+    print("| config | " + " | ".join(f"Δ{metric} vs {reference_name}" for metric in METRICS) + " |")
+    print("|---|" + "---|" * len(METRICS))
     for name, entry in results["configs"].items():
-        if name == reference_name:
+        if name == reference_name or set(per_query_of(entry)) != set(reference):
             continue
-        summary = summarise(entry["per_query_last_epoch"], reference)
-        cells = [summary[f"{metric}_diff"] for metric in METRICS]
-        print(
-            f"| {name} | "
-            + " | ".join(f"{c['difference']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" for c in cells)
-            + " |"
-        )
+        summary = summarise(per_query_of(entry), reference)
+        print(f"| {name} | " + " | ".join(_ci(summary[f"{metric}_diff"]) for metric in METRICS) + " |")
 
 
 def main() -> None:
@@ -295,14 +390,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--esci_dir", type=Path, default=SAMPLE_DIR)
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/quality_study"))
-    parser.add_argument("--output", type=Path, default=RESULTS / "quality_cv.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "quality_groups.json")
     parser.add_argument("--keep_models", action="store_true")
     parser.add_argument("--all_epochs", action="store_true", help="also score every earlier epoch")
+    parser.add_argument("--epochs", type=int, nargs="*", help="also score these earlier epochs (cheaper than all)")
+    parser.add_argument(
+        "--selection_corpus_size", type=int, help="judged + sampled products searched by the per-epoch selection"
+    )
     parser.add_argument("--ceiling", action="store_true", help="leak run of --configs: trains on test queries too")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--list", action="store_true", help="print the configs and exit")
     parser.add_argument("--suffix", default="", help="stored as NAME+SUFFIX (e.g. a second --seed)")
     parser.add_argument("--versus", help="with --table: paired differences against this config")
+    parser.add_argument("--merge_weights", type=float, nargs="*", help="WiSE-FT of kept --configs runs, after the fact")
+    parser.add_argument("--official", action="store_true", help="train --configs on the official split, score test")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "datasets", "ttsn_hf"):
@@ -316,6 +417,7 @@ def main() -> None:
     results = load_results(args.output)
     if args.table:
         print_table(results)
+        print_table(results, "last_epoch")
         if args.versus:
             print_versus(results, args.versus)
         return
@@ -330,7 +432,24 @@ def main() -> None:
             write_json(args.output, results)
             print(json.dumps(entry, indent=2))
         return
+    if args.official:
+        for name in args.configs:
+            entry = study_official(name, args, scorer, results)
+            results = load_results(args.output)
+            results.setdefault("official", {})[name + args.suffix] = entry
+            write_json(args.output, results)
+            print(json.dumps({key: value for key, value in entry.items() if not key.startswith("per_query")}, indent=1))
+        return
     folds = fold_queries(pd.read_parquet(args.esci_dir / EXAMPLES), args.folds, args.seed)
+    if args.merge_weights:
+        for name in args.configs:
+            for weight in args.merge_weights:
+                entry = study_merge(name, weight, args, scorer, folds, results)
+                results = load_results(args.output)
+                results["configs"][f"{name}{args.suffix}+merge_{weight}"] = entry
+                write_json(args.output, results)
+                print_table({"configs": {f"{name}{args.suffix}+merge_{weight}": entry}})
+        return
     for name in args.configs:
         entry = study_config(name, args, scorer, folds, load_results(args.output))
         results = load_results(args.output)  # another study may have written meanwhile

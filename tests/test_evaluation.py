@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ttsn_hf.data.esci import load_esci
 from ttsn_hf.errors import UserInputError
 from ttsn_hf.evaluation.evaluate import (
     EvalArguments,
@@ -13,12 +14,14 @@ from ttsn_hf.evaluation.evaluate import (
     dense_search,
     evaluate_model,
     evaluate_systems,
+    judged_dense_run,
     markdown_table,
     queries_and_qrels,
     rrf_fuse,
     run_evaluation,
 )
-from ttsn_hf.evaluation.metrics import evaluate_run, metric_names
+from ttsn_hf.evaluation.metrics import esci_rank_ndcg, evaluate_run, metric_names
+from ttsn_hf.modeling.model import load_model
 from ttsn_hf.retrieval.bm25 import BM25Retriever
 
 THEMES = {
@@ -169,6 +172,19 @@ def test_eval_cli_end_to_end(eval_cli, tiny_esci, tiny_encoder_dir, tmp_path, ca
     assert {row["query"] for row in rows} == {"running shoes", "coffee maker", "usb c cable", "yoga mat"}
     assert (output_dir / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "model - bm25" in (output_dir / "results.md").read_text()
+    assert "ESCI rank nDCG" in (output_dir / "results.md").read_text()
+    # ESCI task 1: the model's judged lists are ordered by its scores (all judged products, not only its top k)
+    esci = load_esci(tiny_esci)
+    queries, qrels = queries_and_qrels(esci.judgements.to_pandas(), "test")
+    catalogue = esci.catalogue.to_pandas()
+    model = load_model(str(tiny_encoder_dir))
+    product_emb = model.encode_products(catalogue["product_text"].tolist(), batch_size=8)
+    query_emb = model.encode_queries(list(queries.values()), batch_size=8)
+    judged = judged_dense_run(queries, query_emb, catalogue["product_id"].tolist(), product_emb, qrels)
+    for row in rows:
+        if row["system"] == "model":
+            expected = esci_rank_ndcg(judged[row["query_id"]], qrels[row["query_id"]])
+            assert row["esci_rank_ndcg"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_eval_with_a_saved_index_matches_re_encoding(tiny_esci, tiny_encoder_dir, tmp_path):

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from ttsn_hf.losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
+from ttsn_hf.losses import CombinedLoss, DistillKLDivLoss, InBatchInfoNCELoss, MarginMSELoss, WeightedContrastiveLoss
 
 
 def normalized(*shape, seed=0):
@@ -20,25 +20,37 @@ def no_masks(n):
 
 def test_infonce_without_masks_equals_plain_cross_entropy():
     q, p = normalized(6, 8, seed=1), normalized(6, 8, seed=2)
-    loss = InBatchInfoNCELoss(temperature=0.05)(q, p, torch.ones(6), torch.arange(6), no_masks(6))
+    loss = InBatchInfoNCELoss(temperature=0.05)(q, p, torch.arange(6), torch.arange(6), no_masks(6))
     expected = nn.functional.cross_entropy(q @ p.T / 0.05, torch.arange(6))
     torch.testing.assert_close(loss, expected)
 
 
-def test_negative_rows_are_candidates_but_not_anchors():
-    q, p = normalized(5, 8, seed=3), normalized(5, 8, seed=4)
-    targets = torch.tensor([1.0, 0, 1, 0, 1])
-    loss = InBatchInfoNCELoss(0.1)(q, p, targets, torch.arange(5), no_masks(5))
-    anchors = torch.tensor([0, 2, 4])
-    expected = nn.functional.cross_entropy(q[anchors] @ p.T / 0.1, anchors)
+def test_group_negatives_are_candidates_but_not_anchors():
+    # 3 queries; products: q0's positive and 2 negatives, q1's positive and 1 negative, q2 without positive
+    q, p = normalized(3, 8, seed=3), normalized(6, 8, seed=4)
+    positive_index = torch.tensor([0, 3, -1])
+    loss = InBatchInfoNCELoss(0.1)(q, p, positive_index, torch.arange(6), no_masks(3))
+    expected = nn.functional.cross_entropy(q[:2] @ p.T / 0.1, torch.tensor([0, 3]))
     torch.testing.assert_close(loss, expected)
+
+
+def test_label_weighted_infonce_is_the_weighted_mean_of_anchor_terms():
+    q, p = normalized(3, 8, seed=11), normalized(6, 8, seed=12)
+    positive_index, weights = torch.tensor([0, 2, 4]), torch.tensor([1.0, 0.5, 0.25])
+    per_anchor = nn.functional.cross_entropy(q @ p.T / 0.05, positive_index, reduction="none")
+    weighted = InBatchInfoNCELoss(0.05, label_weighted=True)(
+        q, p, positive_index, torch.arange(6), no_masks(3), weights
+    )
+    torch.testing.assert_close(weighted, (weights * per_anchor).sum() / weights.sum())
+    plain = InBatchInfoNCELoss(0.05)(q, p, positive_index, torch.arange(6), no_masks(3), weights)
+    torch.testing.assert_close(plain, per_anchor.mean())
 
 
 def test_known_positive_and_duplicate_product_are_masked_out():
     q, p = normalized(4, 8, seed=5), normalized(4, 8, seed=6)
     keys = torch.tensor([10, 11, 10, 12])  # row 2 repeats row 0's product
     mask_keys = torch.tensor([[10, 12], [11, -1], [10, -1], [12, -1]])  # row 0's query also likes product 12
-    loss = InBatchInfoNCELoss(0.05)(q, p, torch.ones(4), keys, mask_keys)
+    loss = InBatchInfoNCELoss(0.05)(q, p, torch.arange(4), keys, mask_keys)
     logits = q @ p.T / 0.05
     blocked = torch.tensor(
         [[False, False, True, True], [False, False, False, False], [True, False, False, False], [False] * 4]
@@ -46,27 +58,72 @@ def test_known_positive_and_duplicate_product_are_masked_out():
     expected = nn.functional.cross_entropy(logits.masked_fill(blocked, torch.finfo(logits.dtype).min), torch.arange(4))
     torch.testing.assert_close(loss, expected)
     assert not torch.allclose(loss, nn.functional.cross_entropy(logits, torch.arange(4)))
-    unmasked = InBatchInfoNCELoss(0.05, mask_false_negatives=False)(q, p, torch.ones(4), keys, mask_keys)
+    unmasked = InBatchInfoNCELoss(0.05, mask_false_negatives=False)(q, p, torch.arange(4), keys, mask_keys)
     torch.testing.assert_close(unmasked, nn.functional.cross_entropy(logits, torch.arange(4)))
 
 
 def test_weighted_contrastive_matches_formula_and_weights_matter():
-    q, p = normalized(4, 8, seed=7), normalized(4, 8, seed=8)
+    q, p = normalized(2, 8, seed=7), normalized(4, 8, seed=8)
+    groups = torch.tensor([0, 1, 0, 1])  # each product pairs with its group's query
     targets, weights = torch.tensor([1.0, 1, 0, 0]), torch.tensor([1.0, 0.5, 1, 2])
-    loss = WeightedContrastiveLoss(margin=0.5)(q, p, targets, weights)
-    d = 1 - (q * p).sum(-1)
+    loss = WeightedContrastiveLoss(margin=0.5)(q, p, groups, targets, weights)
+    d = 1 - (q[groups] * p).sum(-1)
     per_pair = targets * d**2 + (1 - targets) * torch.relu(0.5 - d) ** 2
     torch.testing.assert_close(loss, (0.5 * weights * per_pair).sum() / weights.sum())
-    unweighted = WeightedContrastiveLoss(margin=0.5)(q, p, targets, torch.ones(4))
+    unweighted = WeightedContrastiveLoss(margin=0.5)(q, p, groups, targets, torch.ones(4))
     assert not torch.allclose(loss, unweighted)
 
 
+def group_inputs(targets=(1.0, 0, 1, 0), groups=(0, 0, 1, 1), teacher=None):
+    targets = torch.tensor(targets)
+    groups = torch.tensor(groups)
+    positive_index = torch.tensor([int(torch.nonzero((groups == g) & (targets > 0))[0]) for g in groups.unique()])
+    return {
+        "positive_index": positive_index,
+        "product_group": groups,
+        "targets": targets,
+        "weights": torch.ones(len(targets)),
+        "product_keys": torch.arange(len(targets)),
+        "mask_keys": no_masks(len(positive_index)),
+        **({"teacher_scores": torch.tensor(teacher)} if teacher is not None else {}),
+    }
+
+
 def test_combined_loss_is_weighted_sum_of_components():
-    q, p = normalized(4, 8, seed=9), normalized(4, 8, seed=10)
-    args = (q, p, torch.tensor([1.0, 1, 0, 1]), torch.ones(4), torch.arange(4), no_masks(4))
-    out = CombinedLoss(contrastive_weight=0.3, infonce_weight=2.0)(*args)
-    torch.testing.assert_close(out["loss"], 0.3 * out["contrastive_loss"] + 2.0 * out["infonce_loss"])
-    assert CombinedLoss().get_config_dict()["infonce"] == {"temperature": 0.05, "mask_false_negatives": True}
+    q, p = normalized(2, 8, seed=9), normalized(4, 8, seed=10)
+    inputs = group_inputs(teacher=[0.9, 0.2, 0.8, 0.5])
+    out = CombinedLoss(contrastive_weight=0.3, infonce_weight=2.0, distillation_weight=0.7)(q, p, **inputs)
+    expected = 0.3 * out["contrastive_loss"] + 2.0 * out["infonce_loss"] + 0.7 * out["distillation_loss"]
+    torch.testing.assert_close(out["loss"], expected)
+    assert CombinedLoss().get_config_dict()["infonce"] == {
+        "temperature": 0.05, "mask_false_negatives": True, "label_weighted": False
+    }  # fmt: skip
+    assert "distillation_loss" not in CombinedLoss()(q, p, **inputs)
+    assert CombinedLoss(distillation_weight=1.0).get_config_dict()["distillation"] == {"name": "margin_mse"}
+
+
+def test_margin_mse_matches_hand_computed_value():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])
+    inputs = group_inputs(teacher=[0.9, 0.5, 0.7, float("nan")])
+    # student scores: 0.8, 0.6 (group 0); 1.0, 0.0 (group 1). Group 0: (0.8-0.6) - (0.9-0.5) = -0.2; group 1's
+    # negative has no teacher score: skipped.
+    loss = MarginMSELoss()(q, p, inputs["product_group"], inputs["positive_index"], inputs["teacher_scores"])
+    torch.testing.assert_close(loss, torch.tensor(0.04))
+
+
+def test_kl_distillation_matches_hand_computed_value():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])
+    inputs = group_inputs(teacher=[0.9, 0.5, 0.7, 0.1])
+    loss = DistillKLDivLoss(temperature=1.0)(
+        q, p, inputs["product_group"], inputs["positive_index"], inputs["teacher_scores"]
+    )
+    expected = 0.0
+    for student, teacher in (([0.8, 0.6], [0.9, 0.5]), ([1.0, 0.0], [0.7, 0.1])):
+        s, t = torch.softmax(torch.tensor(student), 0), torch.softmax(torch.tensor(teacher), 0)
+        expected += float((t * (t.log() - s.log())).sum()) / 2
+    torch.testing.assert_close(loss, torch.tensor(expected))
 
 
 def _batch(seed=0, n=8):
@@ -83,7 +140,8 @@ def _loss_and_grads(encoder, batch):
     features, product_features, targets, weights, keys, mask_keys = batch
     q = nn.functional.normalize(encoder(features), dim=-1)
     p = nn.functional.normalize(encoder(product_features), dim=-1)
-    loss = CombinedLoss()(q, p, targets, weights, keys, mask_keys)["loss"]
+    positive_index = torch.where(targets > 0, torch.arange(len(targets)), -1)  # a pair batch: one product per query
+    loss = CombinedLoss()(q, p, positive_index, torch.arange(len(targets)), targets, weights, keys, mask_keys)["loss"]
     encoder.zero_grad()
     loss.backward()
     return loss.detach(), [param.grad.clone() for param in encoder.parameters()]

@@ -138,3 +138,34 @@ def test_paired_bootstrap_drops_undefined_pairs():
     assert 0.0 <= low <= mean <= high <= 1.0
     with pytest.raises(ValueError):
         paired_bootstrap(np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_esci_rank_ndcg_equals_ir_measures_ndcg_over_the_judged_list(seed):
+    qrels, ranked, _ = random_case(seed)
+    rng = np.random.default_rng(seed)
+    judged_scores = {
+        qid: dict(zip(labels, rng.permutation(len(labels)).astype(float).tolist(), strict=True))
+        for qid, labels in qrels.items()
+    }
+    judged_run = {qid: sorted(scores, key=scores.__getitem__, reverse=True) for qid, scores in judged_scores.items()}
+    scaled = {qid: {pid: SCALED[label] for pid, label in labels.items()} for qid, labels in qrels.items()}
+    reference = ir_measures_per_query([nDCG], scaled, judged_scores)
+    summary, per_query = evaluate_run(ranked, qrels, judged_run=judged_run)
+    checked = 0
+    for row in per_query:
+        if row["esci_rank_ndcg"] is not None:
+            assert row["esci_rank_ndcg"] == pytest.approx(reference[(row["query_id"], nDCG)], abs=1e-9)
+            checked += 1
+    assert checked > 30 and "esci_rank_ndcg" in metric_names()
+    # without a judged run, the retrieval run's order is used, unretrieved judged products after it
+    _, fallback = evaluate_run(ranked, qrels)
+    assert any(a["esci_rank_ndcg"] != b["esci_rank_ndcg"] for a, b in zip(fallback, per_query, strict=True))
+
+
+def test_esci_rank_ndcg_hand_value():
+    labels = {"a": "I", "b": "E", "c": "S"}
+    # order a, b, c: gains 0, 1, 0.1 -> DCG = 1/log2(3) + 0.1/2; ideal b, c, a: 1 + 0.1/log2(3)
+    expected = (1 / math.log2(3) + 0.1 / 2) / (1 + 0.1 / math.log2(3))
+    _, rows = evaluate_run({"q": []}, {"q": labels}, judged_run={"q": ["a", "b", "c"]})
+    assert rows[0]["esci_rank_ndcg"] == pytest.approx(expected)

@@ -230,19 +230,21 @@ def test_train_py_consumes_the_prepared_folder(prepared):
 
     from ttsn_hf import default_base_model
     from ttsn_hf.arguments import DataArguments
+    from ttsn_hf.data.groups import build_groups
     from ttsn_hf.modeling.pretrained import resolve_pretrained
-    from ttsn_hf.training.collator import TwoTowerCollator, tokenize_pairs
+    from ttsn_hf.training.collator import TwoTowerCollator, tokenize_groups
     from ttsn_hf.training.run import known_positives, load_training_data
 
     output, _, _, _ = prepared
     esci, stages = load_training_data(DataArguments(data_dir=str(output)))
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(default_base_model()))
-    rows = stages[1]["train"].select(range(8))
-    tokens = tokenize_pairs(
-        rows.flatten_indices(keep_in_memory=True), tokenizer, 16, 32, known_positives(esci.judgements)
+    groups = build_groups(stages[1]["train"]).select(range(8))
+    tokens = tokenize_groups(
+        groups.flatten_indices(keep_in_memory=True), tokenizer, 16, 32, known_positives(esci.judgements)
     )
-    batch = TwoTowerCollator(tokenizer)([tokens[i] for i in range(8)])
-    assert batch["query_input_ids"].shape[0] == 8 and batch["targets"].tolist() == [float(t) for t in rows["target"]]
+    batch = TwoTowerCollator(tokenizer, negatives_per_query=2)([tokens[i] for i in range(8)])
+    assert batch["query_input_ids"].shape[0] == 8 and batch["targets"].sum() == 8
+    assert batch["product_input_ids"].shape[0] == 8 + sum(min(2, len(pool)) for pool in groups["pool_ids"])
 
 
 # ---------------------------------------------------------------- bad hard negatives
@@ -371,7 +373,13 @@ def test_pseudo_queries_are_title_spans_added_to_training_only(esci_sample):
     again = build_stage(esci, 1, pseudo_queries=500)
     train = adapted["train"].to_pandas()
     pseudo = train[train["source"] == "pseudo"]
-    assert len(train) == len(plain["train"]) + len(pseudo) and 450 <= len(pseudo) <= 500
+    negatives = train[train["query_id"].str.startswith("pseudo:") & (train["source"] == "random")]
+    assert len(train) == len(plain["train"]) + len(pseudo) + len(negatives) and 450 <= len(pseudo) <= 500
+    # each pseudo-query's group has random catalogue negatives (default 4), never its own product
+    assert negatives.groupby("query_id").size().eq(4).all() and set(negatives["query_id"]) == set(pseudo["query_id"])
+    pairs = set(zip(negatives["query_id"], negatives["product_id"], strict=True))
+    assert not pairs & set(zip(pseudo["query_id"], pseudo["product_id"], strict=True))
+    assert (negatives["target"] == 0).all()
     assert adapted["validation"].to_pandas().equals(plain["validation"].to_pandas())
     assert (pseudo["target"] == 1).all() and pseudo["product_id"].is_unique
     for query, text in zip(pseudo["query"], pseudo["product_text"], strict=True):

@@ -35,7 +35,7 @@ def quick_args(esci_sample, model, output, *extra):
     return [
         "--esci_dir", esci_sample, "--model_name_or_path", model, "--output_dir", output,
         "--max_train_samples", 96, "--max_eval_samples", 48, "--per_device_train_batch_size", 32,
-        "--stage_epochs", "1,1,1", "--logging_steps", 1, *extra,
+        "--stage_epochs", "1,1,1", "--logging_steps", 1, "--selection_corpus_size", 300, *extra,
     ]  # fmt: skip
 
 
@@ -53,9 +53,10 @@ def test_all_stages_write_epochs_best_model_and_mined_negatives(minilm_run):
     assert (minilm_run / "hard_negatives_stage2.parquet").is_file()
     state = json.loads((minilm_run / "schedule_state.json").read_text())
     assert state["completed_stages"] == [1, 2, 3]
-    losses = {int(epoch): record["eval_loss"] for epoch, record in state["epochs"].items()}
-    assert state["best"]["eval_loss"] == min(losses.values())
-    assert losses[state["best"]["epoch"]] == state["best"]["eval_loss"]
+    # best_model: the first epoch with the highest validation nDCG@10 (retrieval over the catalogue)
+    ndcg = {int(epoch): record["eval_ndcg@10"] for epoch, record in state["epochs"].items()}
+    assert state["best"]["epoch"] == min(epoch for epoch, value in ndcg.items() if value == max(ndcg.values()))
+    assert all("eval_loss" in record and "eval_recall@10" in record for record in state["epochs"].values())
 
 
 def test_best_model_loads_in_ttsn_and_sentence_transformers_alike(minilm_run):

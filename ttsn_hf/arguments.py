@@ -145,6 +145,10 @@ class TwoTowerTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=0.1, metadata={"help": "Linear warm-up: steps, or a ratio in [0, 1)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the pair columns."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "none, tensorboard, ..."})
+    metric_for_best_model: str | None = field(
+        default="eval_ndcg@10",
+        metadata={"help": "best_model/: the epoch with the best validation retrieval metric (or eval_loss)."},
+    )
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "group_by_length batches products of similar length."}
     )
@@ -183,6 +187,19 @@ class DataArguments(DataSourceArguments):
     num_random_negatives: int = field(
         default=DEFAULT_NUM_RANDOM_NEGATIVES, metadata={"help": "Random catalogue negatives per query."}
     )
+    negatives_per_query: int = field(
+        default=1, metadata={"help": "Negatives drawn per query group and epoch from the query's pool."}
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Distillation teacher: a SentenceTransformer folder or hub id (scores cached)."}
+    )
+    teacher_cross_encoder: bool = field(default=False, metadata={"help": "The teacher is a CrossEncoder."})
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where teacher scores are cached; default OUTPUT_DIR/teacher_scores."}
+    )
+    selection_corpus_size: int = field(
+        default=100_000, metadata={"help": "Products searched by the per-epoch validation retrieval (judged + sample)."}
+    )
     pseudo_queries: int = field(
         default=0, metadata={"help": "Catalogue products given a pseudo-query from their title (domain adaptation)."}
     )
@@ -212,6 +229,16 @@ class ScheduleArguments:
     contrastive_weight: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss."})
     infonce_weight: float = field(default=1.0, metadata={"help": "Weight of the in-batch InfoNCE loss."})
     label_weights: str = field(default=DEFAULT_LABEL_WEIGHTS_TEXT, metadata={"help": "Pair weight per ESCI label."})
+    label_weighted_infonce: bool = field(
+        default=True, metadata={"help": "Weight each InfoNCE anchor by its positive's label weight."}
+    )
+    distillation_weight: float = field(default=0.0, metadata={"help": "Weight of the teacher distillation loss."})
+    distillation_loss: str = field(
+        default="margin_mse", metadata={"help": "margin_mse or kl.", "choices": ["margin_mse", "kl"]}
+    )
+    merge_base_weight: float = field(
+        default=0.0, metadata={"help": "WiSE-FT: best_model = (1-w) trained + w base; 0 = off."}
+    )
     mining_num_negatives: int = field(default=10, metadata={"help": "Hard negatives mined per query."})
     mining_relative_margin: float = field(
         default=0.05, metadata={"help": "Mined negatives score below (1 - this) x the positives' score."}

@@ -249,7 +249,7 @@ def build_stage(
     query_splits = {"train": train_queries, "validation": validation_queries}
     splits = _stage_dataset_dict(judgements, catalogue, stage, query_splits, mined, num_random_negatives, seed)
     if pseudo_queries:
-        pseudo = pseudo_query_pairs(catalogue, pseudo_queries, stage, seed)
+        pseudo = pseudo_query_pairs(catalogue, pseudo_queries, stage, seed, num_random_negatives)
         splits["train"] = datasets.concatenate_datasets([splits["train"], pseudo])
     return splits
 
@@ -265,9 +265,13 @@ def pseudo_query(title: str, rng: np.random.Generator) -> str:
     return " ".join(words[start : start + length])
 
 
-def pseudo_query_pairs(catalogue: pd.DataFrame, count: int, stage: int, seed: int) -> datasets.Dataset:
+def pseudo_query_pairs(
+    catalogue: pd.DataFrame, count: int, stage: int, seed: int, num_random_negatives: int = 0
+) -> datasets.Dataset:
     """(pseudo-query, product) positives for ``count`` catalogue products: domain adaptation on the catalogue
-    (no labels used), so the in-batch loss also learns to tell the catalogue's own products apart."""
+    (no labels used), so the in-batch loss also learns to tell the catalogue's own products apart. Each
+    pseudo-query also gets ``num_random_negatives`` random catalogue products (its group's pool, which a teacher
+    scores for distillation)."""
     rng = np.random.default_rng([seed, 7])
     picked = catalogue.iloc[np.sort(rng.choice(len(catalogue), size=min(count, len(catalogue)), replace=False))]
     queries = [pseudo_query(text, rng) for text in picked["product_text"]]
@@ -284,6 +288,20 @@ def pseudo_query_pairs(catalogue: pd.DataFrame, count: int, stage: int, seed: in
         }
     )
     rows = rows[rows["query"].str.len() > 0]
+    if num_random_negatives:
+        catalogue_ids = catalogue["product_id"].to_numpy(dtype=object)
+        own = rows[["query_id", "product_id"]]
+        random = _random_negatives(own, sorted(own["query_id"]), catalogue_ids, num_random_negatives, seed)
+        texts = catalogue.set_index("product_id")["product_text"]
+        random = random.assign(
+            query=random["query_id"].map(rows.set_index("query_id")["query"]),
+            product_text=random["product_id"].map(texts),
+            esci_label="",
+            target=0,
+            source="random",
+            stage=stage,
+        )
+        rows = pd.concat([rows, random]).sort_values(["query_id", "target"], ascending=[True, False], kind="stable")
     return datasets.Dataset.from_pandas(rows[list(STAGE_FEATURES)], features=STAGE_FEATURES, preserve_index=False)
 
 

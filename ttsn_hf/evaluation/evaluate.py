@@ -29,7 +29,7 @@ Run = dict[str, list[str]]
 Qrels = dict[str, dict[str, str]]
 
 MAIN_SYSTEM = "model"
-METRIC_LABELS = {"recall@10": "Recall@10", "mrr": "MRR", "ndcg@10": "nDCG@10"}
+METRIC_LABELS = {"recall@10": "Recall@10", "mrr": "MRR", "ndcg@10": "nDCG@10", "esci_rank_ndcg": "ESCI rank nDCG"}
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
@@ -72,12 +72,30 @@ def dense_run(
     product_ids: Sequence[str],
     product_emb: np.ndarray,
     top_k: int = 100,
+    qrels: Qrels | None = None,
     **encode_kwargs,
-) -> Run:
-    """Encode the queries with ``model`` and retrieve the top ``top_k`` products by inner product."""
+) -> Run | tuple[Run, Run]:
+    """Encode the queries with ``model`` and retrieve the top ``top_k`` products by inner product. With ``qrels``
+    also each query's judged products ranked by score (for ``esci_rank_ndcg``): returns (run, judged run)."""
     query_emb = model.encode_queries(list(queries.values()), **encode_kwargs)
     rows, _ = dense_search(query_emb, product_emb, top_k)
-    return rows_to_run(list(queries), rows, product_ids)
+    run = rows_to_run(list(queries), rows, product_ids)
+    if qrels is None:
+        return run
+    return run, judged_dense_run(queries, query_emb, product_ids, product_emb, qrels)
+
+
+def judged_dense_run(
+    queries: Mapping[str, str], query_emb: np.ndarray, product_ids: Sequence[str], product_emb: np.ndarray, qrels: Qrels
+) -> Run:
+    """Each query's judged catalogue products, best score first (ties by id)."""
+    row_of = {pid: row for row, pid in enumerate(product_ids)}
+    judged: Run = {}
+    for query_id, vector in zip(queries, query_emb, strict=True):
+        products = sorted(pid for pid in qrels.get(query_id, {}) if pid in row_of)
+        scores = product_emb[[row_of[pid] for pid in products]] @ vector if products else np.empty(0)
+        judged[query_id] = [products[i] for i in np.argsort(-scores, kind="stable")]
+    return judged
 
 
 def evaluate_model(
@@ -92,8 +110,8 @@ def evaluate_model(
 ) -> tuple[dict, list[dict]]:
     """Dense retrieval with an in-memory model (e.g. during training) scored on ``qrels``: (summary, per_query)."""
     product_emb = encode_catalogue(model, product_ids, product_texts, batch_size=batch_size, bf16=bf16)
-    run = dense_run(model, queries, product_ids, product_emb, top_k, batch_size=batch_size, bf16=bf16)
-    return evaluate_run(run, qrels, depth=top_k)
+    run, judged = dense_run(model, queries, product_ids, product_emb, top_k, qrels, batch_size=batch_size, bf16=bf16)
+    return evaluate_run(run, qrels, depth=top_k, judged_run=judged)
 
 
 def bm25_run(
@@ -133,16 +151,18 @@ def evaluate_systems(
     bootstrap_samples: int = 10000,
     seed: int = 0,
     queries: Mapping[str, str] | None = None,
+    judged_runs: Mapping[str, Run] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Score every system's run, and compare ``main`` with each other system (paired bootstrap over queries).
 
     Returns the metrics dict (the main system's metrics at top level, then "systems" and "comparisons") and the
-    per-query rows of all systems (with the query text when ``queries`` is given).
+    per-query rows of all systems (with the query text when ``queries`` is given). ``judged_runs`` (system ->
+    judged products by score) feed ``esci_rank_ndcg``; a system without one is judged by its run's order.
     """
-    queries = queries or {}
+    queries, judged_runs = queries or {}, judged_runs or {}
     systems, per_query, values = {}, [], {}
     for system, run in runs.items():
-        summary, rows = evaluate_run(run, qrels, k=k, depth=depth)
+        summary, rows = evaluate_run(run, qrels, k=k, depth=depth, judged_run=judged_runs.get(system))
         systems[system] = summary
         values[system] = {name: np.array([_nan(row[name]) for row in rows]) for name in metric_names(k)}
         for row in rows:
@@ -305,17 +325,30 @@ def _index_run(args: EvalArguments, queries: Mapping[str, str], product_ids: lis
 
 
 def build_runs(
-    args: EvalArguments, queries: Mapping[str, str], product_ids: list[str], product_texts: list[str]
+    args: EvalArguments,
+    queries: Mapping[str, str],
+    product_ids: list[str],
+    product_texts: list[str],
+    qrels: Qrels | None = None,
+    judged_runs: dict[str, Run] | None = None,
 ) -> tuple[dict[str, Run], dict[str, str]]:
-    """Every system's run over the catalogue ("model" first), and what each system is."""
+    """Every system's run over the catalogue ("model" first), and what each system is. With ``qrels``, the dense
+    systems' judged products ranked by score go into ``judged_runs`` (for ``esci_rank_ndcg``)."""
     from ..modeling.model import default_base_model
 
     encode_kwargs = {"batch_size": args.batch_size, "bf16": args.bf16}
+    judged_runs = {} if judged_runs is None else judged_runs
+    judged_by_name: dict[str, Run] = {}
 
     def encoder_run(name: str) -> Run:
         model = _load_encoder(name)
         product_emb = encode_catalogue(model, product_ids, product_texts, cache_dir=args.cache_dir, **encode_kwargs)
-        return dense_run(model, queries, product_ids, product_emb, args.top_k, **encode_kwargs)
+        if qrels is None:
+            return dense_run(model, queries, product_ids, product_emb, args.top_k, **encode_kwargs)
+        run, judged_by_name[name] = dense_run(
+            model, queries, product_ids, product_emb, args.top_k, qrels, **encode_kwargs
+        )
+        return run
 
     runs, names = {}, {}
     if args.index_dir:
@@ -327,6 +360,9 @@ def build_runs(
         names["baseline"] = default_base_model() if args.baseline == "base" else args.baseline
         same_as_model = names["baseline"] == names[MAIN_SYSTEM] and not args.index_dir
         runs["baseline"] = runs[MAIN_SYSTEM] if same_as_model else encoder_run(names["baseline"])
+    for system, name in names.items():
+        if name in judged_by_name:
+            judged_runs[system] = judged_by_name[name]
     if args.bm25 or args.hybrid:
         bm25 = bm25_run(queries, product_ids, product_texts, args.top_k)
     if args.bm25:
@@ -342,9 +378,16 @@ def run_evaluation(args: EvalArguments) -> dict:
     catalogue, judgements = load_eval_data(args)
     queries, qrels = queries_and_qrels(judgements, args.split)
     product_ids, product_texts = catalogue["product_id"].tolist(), catalogue["product_text"].fillna("").tolist()
-    runs, names = build_runs(args, queries, product_ids, product_texts)
+    judged_runs: dict[str, Run] = {}
+    runs, names = build_runs(args, queries, product_ids, product_texts, qrels, judged_runs)
     metrics, per_query = evaluate_systems(
-        runs, qrels, depth=args.top_k, bootstrap_samples=args.bootstrap_samples, seed=args.seed, queries=queries
+        runs,
+        qrels,
+        depth=args.top_k,
+        bootstrap_samples=args.bootstrap_samples,
+        seed=args.seed,
+        queries=queries,
+        judged_runs=judged_runs,
     )
     for system, name in names.items():
         metrics["systems"][system]["name"] = name

@@ -2,8 +2,10 @@
 
 Relevance follows the ESCI labels: a product is relevant when it is Exact or Substitute ("E ∪ S"), and nDCG
 uses the graded gains E 1.0, S 0.1, C 0.01, I 0 (unjudged products count as I). The "_exact" variants count
-Exact products alone. A metric is undefined (``nan``) for a query that has nothing relevant judged, and such
-queries are left out of that metric's mean: no ranking could score on them.
+Exact products alone. ``esci_rank_ndcg`` is the ESCI task-1 (query-product ranking) metric: nDCG of each
+query's whole judged list ordered by the system's score, same gains, no cut-off. A metric is undefined (``nan``)
+for a query that has nothing relevant judged, and such queries are left out of that metric's mean: no ranking
+could score on them.
 """
 
 from __future__ import annotations
@@ -49,13 +51,33 @@ def ndcg_at_k(ranked: Sequence[str], gains: Mapping[str, float], k: int = 10) ->
 
 
 def metric_names(k: int = 10) -> list[str]:
-    """The names ``evaluate_run`` reports, graded (E ∪ S) first, then Exact-only."""
+    """The names ``evaluate_run`` reports, graded (E ∪ S) first, then Exact-only, then the ESCI task-1 ranking."""
     graded = [f"recall@{k}", "mrr", f"ndcg@{k}"]
-    return graded + [f"{name}_exact" for name in graded]
+    return graded + [f"{name}_exact" for name in graded] + ["esci_rank_ndcg"]
 
 
-def query_metrics(ranked: Sequence[str], labels: Mapping[str, str], k: int = 10, depth: int = 100) -> dict[str, float]:
-    """All metrics of one query, from its ranking and its judgements (product_id -> E/S/C/I)."""
+def judged_ranking(ranked: Sequence[str], labels: Mapping[str, str]) -> list[str]:
+    """A query's judged products in the order of ``ranked``; those it does not hold follow, sorted by id (a
+    system without scores for every judged product, e.g. a top-k run, cannot order them)."""
+    placed = [pid for pid in dict.fromkeys(ranked) if pid in labels]
+    return placed + sorted(set(labels) - set(placed))
+
+
+def esci_rank_ndcg(ranked_judged: Sequence[str], labels: Mapping[str, str]) -> float:
+    """nDCG of the whole judged list in the system's order (gains E 1, S 0.1, C 0.01, I 0; no cut-off)."""
+    ranking = judged_ranking(ranked_judged, labels)
+    return ndcg_at_k(ranking, {pid: ESCI_GAINS[label] for pid, label in labels.items()}, k=max(1, len(ranking)))
+
+
+def query_metrics(
+    ranked: Sequence[str],
+    labels: Mapping[str, str],
+    k: int = 10,
+    depth: int = 100,
+    ranked_judged: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """All metrics of one query, from its ranking and its judgements (product_id -> E/S/C/I); ``ranked_judged``
+    (its judged products ordered by the system's score) gives ``esci_rank_ndcg``, else the ranking does."""
     relevant = [pid for pid, label in labels.items() if label in RELEVANT_LABELS]
     exact = [pid for pid, label in labels.items() if label in EXACT_LABELS]
     names = metric_names(k)
@@ -66,6 +88,7 @@ def query_metrics(ranked: Sequence[str], labels: Mapping[str, str], k: int = 10,
         recall_at_k(ranked, exact, k),
         reciprocal_rank(ranked, exact, depth),
         ndcg_at_k(ranked, {pid: EXACT_GAINS[label] for pid, label in labels.items()}, k),
+        esci_rank_ndcg(ranked if ranked_judged is None else ranked_judged, labels),
     ]
     return dict(zip(names, values, strict=True))
 
@@ -79,18 +102,21 @@ def evaluate_run(
     qrels: Mapping[str, Mapping[str, str]],
     k: int = 10,
     depth: int = 100,
+    judged_run: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[dict[str, float | int], list[dict]]:
     """Score a ranked run (query_id -> product ids, best first) against ESCI qrels
     (query_id -> {product_id: label}).
 
     Every query of ``qrels`` is evaluated (a query missing from the run has an empty ranking). Returns the
     summary (each metric's mean over the queries where it is defined, ``num_queries``, and how many queries
-    have E ∪ S and E judgements) and one row per query (undefined metrics are ``None``).
+    have E ∪ S and E judgements) and one row per query (undefined metrics are ``None``). ``judged_run``
+    (query_id -> its judged products by the system's score) feeds ``esci_rank_ndcg``.
     """
     names = metric_names(k)
     per_query = []
     for query_id, labels in qrels.items():
-        values = query_metrics(list(run.get(query_id, [])), labels, k, depth)
+        ranked_judged = None if judged_run is None else judged_run.get(query_id)
+        values = query_metrics(list(run.get(query_id, [])), labels, k, depth, ranked_judged)
         row = {"query_id": query_id, **{name: _nan_to_none(values[name]) for name in names}}
         row["num_relevant"] = sum(label in RELEVANT_LABELS for label in labels.values())
         row["num_exact"] = sum(label in EXACT_LABELS for label in labels.values())

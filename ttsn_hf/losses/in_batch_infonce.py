@@ -1,4 +1,5 @@
-"""In-batch InfoNCE: each positive pair against every other product of the (global) batch."""
+"""In-batch InfoNCE over query groups: each query against its positive, its own negatives and every product of the
+(global) batch."""
 
 from __future__ import annotations
 
@@ -9,40 +10,54 @@ from .distributed import gather_with_grad, global_mean
 
 
 class InBatchInfoNCELoss(nn.Module):
-    """Cross-entropy of each positive pair's score against all products in the batch, across processes.
+    """Cross-entropy of each query's positive against all products of the batch, across processes.
 
-    Every product of the batch (other pairs' positives and explicit negatives) is a negative for each query,
-    except the products in that row's ``mask_keys`` (the query's known positives, duplicates of its own product):
-    a false negative is masked out, never pushed away. ``mask_false_negatives=False`` keeps them as negatives
-    (plain in-batch InfoNCE, for comparison).
+    A batch holds query groups: query ``i`` has its positive at product row ``positive_index[i]`` (``-1``: no
+    positive, not an anchor) and its negatives among the other rows. Every product of the global batch (the
+    other groups' positives and negatives too) is a candidate for each query, except the products in that query's
+    ``mask_keys`` (its known positives, and duplicates of its own positive): a false negative is masked out, never
+    pushed away. ``mask_false_negatives=False`` keeps them as negatives (plain in-batch InfoNCE, for comparison).
+    ``label_weighted=True`` weights each anchor's term by its positive's label weight (E > S > C), so a
+    substitute pulls less than an exact match; the loss is then the weighted mean.
     """
 
-    def __init__(self, temperature: float = 0.05, mask_false_negatives: bool = True):
+    def __init__(self, temperature: float = 0.05, mask_false_negatives: bool = True, label_weighted: bool = False):
         super().__init__()
         self.temperature = temperature
         self.mask_false_negatives = mask_false_negatives
+        self.label_weighted = label_weighted
 
     def forward(
         self,
         query_embeddings: torch.Tensor,
         product_embeddings: torch.Tensor,
-        targets: torch.Tensor,
+        positive_index: torch.Tensor,
         product_keys: torch.Tensor,
         mask_keys: torch.Tensor,
+        anchor_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         candidates, real, offset = gather_with_grad(product_embeddings)
         candidate_keys, _, _ = gather_with_grad(product_keys)
-        anchors = torch.nonzero(targets > 0).squeeze(-1)
+        anchors = torch.nonzero(positive_index >= 0).squeeze(-1)
+        positives = positive_index[anchors]
         scores = query_embeddings[anchors] @ candidates.T / self.temperature
-        labels = anchors + offset
+        labels = positives + offset
         blocked = (~real)[None, :].repeat(len(anchors), 1)
         if self.mask_false_negatives:
             blocked |= (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
-            blocked |= candidate_keys[None, :] == product_keys[anchors][:, None]
+            blocked |= candidate_keys[None, :] == product_keys[positives][:, None]
         blocked[torch.arange(len(anchors), device=scores.device), labels] = False
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
-        loss_sum = nn.functional.cross_entropy(scores, labels, reduction="sum")
-        return global_mean(loss_sum, torch.tensor(float(len(anchors)), device=scores.device))
+        per_anchor = nn.functional.cross_entropy(scores, labels, reduction="none")
+        if self.label_weighted and anchor_weights is not None:
+            weights = anchor_weights[anchors].to(per_anchor.dtype)
+        else:
+            weights = torch.ones_like(per_anchor)
+        return global_mean((weights * per_anchor).sum(), weights.sum())
 
     def get_config_dict(self) -> dict[str, float | bool]:
-        return {"temperature": self.temperature, "mask_false_negatives": self.mask_false_negatives}
+        return {
+            "temperature": self.temperature,
+            "mask_false_negatives": self.mask_false_negatives,
+            "label_weighted": self.label_weighted,
+        }

@@ -13,11 +13,14 @@ import torch
 from accelerate import PartialState
 
 from ..arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+from ..data.groups import build_groups
 from ..errors import HubUnreachableError, UserInputError
-from ..losses import CombinedLoss, InBatchInfoNCELoss, WeightedContrastiveLoss
+from ..evaluation.selection import RetrievalEvaluator
+from ..losses import CombinedLoss, DistillKLDivLoss, InBatchInfoNCELoss, MarginMSELoss, WeightedContrastiveLoss
 from ..modeling.hub import ensure_hub_reachable
 from ..modeling.model import TwoTowerModel, load_model
-from .collator import TwoTowerCollator, tokenize_pairs
+from .collator import NegativeDrawCallback, TwoTowerCollator, tokenize_groups
+from .merge import merge_saved_model
 from .schedule import Stage, build_schedule
 from .stage_data import StageData, known_positives, load_training_data
 from .state import (
@@ -28,8 +31,10 @@ from .state import (
     read_state,
     record_stage_finished,
     remove_checkpoints,
+    selection_metric,
     write_state,
 )
+from .teacher import TeacherScorer
 from .trainer import TwoTowerTrainer
 
 # known_positives, load_training_data and last_complete_checkpoint are imported from here by benchmarks and tests
@@ -75,15 +80,30 @@ class TrainingRun:
         self.resume_stage = self.checked_resume_stage()  # before anything is written
         if training_args.push_to_hub:
             self.warn_if_hub_unreachable()
-        epochs = tuple(int(n) for n in schedule_args.stage_epochs.split(","))
-        rates = tuple(float(r) for r in schedule_args.stage_learning_rates.split(","))
-        self.schedule = build_schedule(epochs, rates)
+        self.schedule = build_schedule(schedule_args.epochs_per_stage, schedule_args.learning_rates)
         self.data = StageData(data_args, schedule_args, training_args, self.output_dir)
         self.loss = CombinedLoss(
             WeightedContrastiveLoss(schedule_args.margin),
-            InBatchInfoNCELoss(schedule_args.temperature, schedule_args.mask_false_negatives),
+            InBatchInfoNCELoss(
+                schedule_args.temperature, schedule_args.mask_false_negatives, schedule_args.label_weighted_infonce
+            ),
             schedule_args.contrastive_weight,
             schedule_args.infonce_weight,
+            MarginMSELoss() if schedule_args.distillation_loss == "margin_mse" else DistillKLDivLoss(),
+            schedule_args.distillation_weight,
+        )
+        self.teacher = self.make_teacher()
+
+    def make_teacher(self) -> TeacherScorer | None:
+        if not self.data_args.teacher_model_name_or_path:
+            if self.schedule_args.distillation_weight:
+                raise UserInputError("--distillation_weight needs --teacher_model_name_or_path")
+            return None
+        return TeacherScorer(
+            self.data_args.teacher_model_name_or_path,
+            self.data_args.teacher_cache_dir or self.output_dir / "teacher_scores",
+            cross_encoder=self.data_args.teacher_cross_encoder,
+            bf16=self.training_args.bf16,
         )
 
     # ---------------------------------------------------------------- which stages, resumed from where
@@ -133,6 +153,8 @@ class TrainingRun:
                 logger.info("stage %d already completed: skipped", stage.number)
                 continue
             self.train_stage(stage)
+        if self.schedule_args.merge_base_weight and self.training_args.should_save:
+            merge_saved_model(self.output_dir / "best_model", self.base_model(), self.schedule_args.merge_base_weight)
         if self.training_args.push_to_hub and self.training_args.should_save:
             self.push_best_model()
         return read_state(self.output_dir)
@@ -167,14 +189,17 @@ class TrainingRun:
 
     # ---------------------------------------------------------------- a stage's model and trainer
 
+    def base_model(self) -> TwoTowerModel:
+        return load_model(
+            self.model_args.model_name_or_path,
+            tie_towers=self.model_args.tie_towers,
+            query_max_length=self.model_args.query_max_length,
+            product_max_length=self.model_args.product_max_length,
+        )
+
     def initial_model(self, stage: Stage) -> TwoTowerModel:
         if stage.number == 1:
-            model = load_model(
-                self.model_args.model_name_or_path,
-                tie_towers=self.model_args.tie_towers,
-                query_max_length=self.model_args.query_max_length,
-                product_max_length=self.model_args.product_max_length,
-            )
+            model = self.base_model()
         else:
             model = TwoTowerModel.from_pretrained(self.epoch_folder(stage.epochs[0] - 1, stage))
         model.config.training = self.training_record()
@@ -206,14 +231,21 @@ class TrainingRun:
             num_train_epochs=len(stage.epochs),
             learning_rate=stage.learning_rate,
         )
+        negatives = self.data_args.negatives_per_query
+        collator = TwoTowerCollator(model.tokenizer, negatives, self.training_args.seed)
+        evaluation = self.cap(validation, self.data_args.max_eval_samples)
         return TwoTowerTrainer(
             model=model,
             args=args,
             train_dataset=self.tokenize(self.cap(train, self.data_args.max_train_samples), model),
-            eval_dataset=self.tokenize(self.cap(validation, self.data_args.max_eval_samples), model),
-            data_collator=TwoTowerCollator(model.tokenizer),
+            eval_dataset=self.tokenize(evaluation, model, pool_limit=negatives),
+            data_collator=collator,
             loss=self.loss,
-            callbacks=[EpochCheckpointCallback(self.output_dir, stage)],
+            retrieval_evaluator=self.selection_evaluator(evaluation),
+            callbacks=[
+                EpochCheckpointCallback(self.output_dir, stage),
+                NegativeDrawCallback(collator, stage.epochs[0]),
+            ],
         )
 
     def cap(self, dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
@@ -221,14 +253,28 @@ class TrainingRun:
             return dataset
         return dataset.shuffle(seed=self.training_args.seed).select(range(limit))
 
-    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel) -> datasets.Dataset:
-        return tokenize_pairs(
-            dataset,
+    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel, pool_limit: int | None = None):
+        """Query groups of the stage rows, tokenised (with the teacher's cached scores when there is a teacher)."""
+        groups = build_groups(dataset, pool_limit, self.training_args.seed)
+        teacher = self.teacher.score_groups(groups) if self.teacher else None
+        return tokenize_groups(
+            groups,
             model.tokenizer,
             model.config.query_max_length,
             model.config.product_max_length,
             self.data.known_positives,
             self.schedule_args.parsed_label_weights(),
+            teacher,
+        )
+
+    def selection_evaluator(self, validation: datasets.Dataset) -> RetrievalEvaluator:
+        return RetrievalEvaluator(
+            self.data.esci.judgements.to_pandas(),
+            self.data.esci.catalogue.to_pandas(),
+            sorted(set(validation["query_id"])),
+            self.data_args.selection_corpus_size,
+            self.training_args.seed,
+            bf16=self.training_args.bf16,
         )
 
     def training_record(self) -> dict:
@@ -239,6 +285,9 @@ class TrainingRun:
             "schedule": [dataclasses.asdict(stage) for stage in self.schedule],
             "loss": self.loss.get_config_dict(),
             "label_weights": self.schedule_args.parsed_label_weights(),
+            "negatives_per_query": self.data_args.negatives_per_query,
+            "selection_metric": selection_metric(self.training_args)[0],
+            **({"teacher": self.teacher.get_config_dict()} if self.teacher else {}),
         }
 
     # ---------------------------------------------------------------- the hub

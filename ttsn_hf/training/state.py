@@ -19,7 +19,6 @@ from .schedule import Stage
 logger = logging.getLogger(__name__)
 STATE_FILE = "schedule_state.json"
 SUMMARY_FILE = "run_summary.json"
-BEST_METRIC = "eval_loss"  # lower is better
 WORLD_SIZE_NOTE = (
     "InfoNCE losses grow with the global batch (more in-batch negatives): compare them only between runs "
     "with the same processes x per-device batch size"
@@ -45,7 +44,8 @@ def save_model(model: TwoTowerModel, folder: Path) -> None:
 
 
 class EpochCheckpointCallback(TrainerCallback):
-    """After each epoch's validation: write ``epoch_N/`` and, on a new lowest validation loss, ``best_model/``."""
+    """After each epoch's validation: write ``epoch_N/`` and, on a new best ``metric_for_best_model`` (a validation
+    retrieval metric by default, else the validation loss), ``best_model/``."""
 
     def __init__(self, output_dir: Path, stage: Stage):
         self.output_dir, self.stage = output_dir, stage
@@ -57,11 +57,30 @@ class EpochCheckpointCallback(TrainerCallback):
         save_model(model, self.output_dir / f"epoch_{epoch}")
         record = read_state(self.output_dir)
         record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
+        name, greater = selection_metric(args)
         best = record.get("best")
-        if best is None or metrics[BEST_METRIC] < best[BEST_METRIC]:
+        if best is None or name not in best or is_better(metrics[name], best[name], greater):
             save_model(model, self.output_dir / "best_model")
-            record["best"] = {"epoch": epoch, "metric": BEST_METRIC, BEST_METRIC: metrics[BEST_METRIC]}
+            record["best"] = {
+                "epoch": epoch,
+                "metric": name,
+                "greater_is_better": greater,
+                "eval_loss": metrics["eval_loss"],
+                name: metrics[name],
+            }
         write_state(self.output_dir, record)
+
+
+def selection_metric(args) -> tuple[str, bool]:
+    """(the ``eval_`` metric best_model is chosen by, whether greater is better)."""
+    name = args.metric_for_best_model or "eval_loss"
+    name = name if name.startswith("eval_") else f"eval_{name}"
+    greater = args.greater_is_better if args.greater_is_better is not None else not name.endswith("loss")
+    return name, greater
+
+
+def is_better(value: float, best: float, greater: bool) -> bool:
+    return value > best if greater else value < best
 
 
 def record_stage_finished(output_dir: Path, stage: Stage, seconds: float, world_size: int, loss_config: dict) -> None:
@@ -118,14 +137,15 @@ def run_summary(output_dir: Path, data_option: str) -> dict:
     output_dir = Path(output_dir)
     record = read_state(output_dir)
     best = record.get("best")
-    metric = (best or {}).get("metric", BEST_METRIC)
+    metric = (best or {}).get("metric", "eval_loss")
+    direction = "highest" if (best or {}).get("greater_is_better") else "lowest"
     validation = {
         epoch: {name: value for name, value in metrics.items() if name.startswith("eval_") and is_figure(name)}
         for epoch, metrics in sorted(record["epochs"].items(), key=lambda item: int(item[0]))
     }
     return {
         "completed_stages": record["completed_stages"],
-        "best": None if best is None else {**best, "why": f"lowest {metric} over the validation queries"},
+        "best": None if best is None else {**best, "why": f"{direction} {metric} over the validation queries"},
         "best_model": str(output_dir / "best_model"),
         "epoch_folders": [str(output_dir / f"epoch_{epoch}") for epoch in validation],
         "validation": validation,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -12,7 +13,9 @@ from ..losses import CombinedLoss
 from ..modeling.model import TwoTowerModel
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
-LOSS_INPUTS = ("targets", "weights", "product_keys", "mask_keys")
+LOSS_INPUTS = (
+    "positive_index", "product_group", "targets", "weights", "product_keys", "mask_keys", "teacher_scores"
+)  # fmt: skip
 
 
 class TwoTowerTrainer(Trainer):
@@ -20,9 +23,10 @@ class TwoTowerTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # the loss is a per-batch mean: Trainer divides it over accumulation steps
 
-    def __init__(self, *args, loss: nn.Module | None = None, **kwargs):
+    def __init__(self, *args, loss: nn.Module | None = None, retrieval_evaluator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss = loss or CombinedLoss()
+        self.retrieval_evaluator = retrieval_evaluator  # adds eval_recall@10, eval_ndcg@10 to each evaluation
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._component_counts = {"train": 0, "eval": 0}
         self._first_nonfinite_step: torch.Tensor | None = None  # global step of the first non-finite loss, or -1
@@ -30,7 +34,9 @@ class TwoTowerTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{name: inputs[name] for name in MODEL_INPUTS})
         losses = self.loss(
-            outputs.query_embeddings, outputs.product_embeddings, *(inputs[name] for name in LOSS_INPUTS)
+            outputs.query_embeddings,
+            outputs.product_embeddings,
+            **{name: inputs[name] for name in LOSS_INPUTS if name in inputs},
         )
         self._record_components(losses, "train" if model.training else "eval")
         return (losses["loss"], outputs) if return_outputs else losses["loss"]
@@ -52,6 +58,17 @@ class TwoTowerTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kwargs):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, **kwargs)
+        if self.retrieval_evaluator is not None:
+            scores = [None]
+            if self.is_world_process_zero():  # searched once, the metrics sent to every process
+                scores = [self.retrieval_evaluator(self.accelerator.unwrap_model(self.model))]
+            scores = broadcast_object_list(scores)[0]
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            output.metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
+        return output
 
     def _record_components(self, losses: dict[str, torch.Tensor], mode: str) -> None:
         """Sums kept as detached tensors on the device: no host sync per step (``.item()`` would wait for the GPU)."""

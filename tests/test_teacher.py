@@ -1,0 +1,75 @@
+"""Teacher scores: computed once per (query, product text), cached under the teacher's fingerprint."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
+
+from ttsn_hf.training.teacher import TeacherScorer, teacher_fingerprint
+
+
+@pytest.fixture
+def groups():
+    return datasets.Dataset.from_dict(
+        {
+            "query": ["usb c cable", "dog toy"],
+            "product_text": ["Anker USB-C cable 6 ft", "Squeaky rubber dog toy"],
+            "pool_texts": [["Dog bed, large", "Water bottle 32 oz"], ["Cat litter"]],
+        }
+    )
+
+
+def test_scores_are_cached_and_reused_and_match_sentence_transformers(groups, tiny_encoder_dir, tmp_path):
+    teacher = TeacherScorer(str(tiny_encoder_dir), tmp_path).score_groups(groups)
+    assert teacher.scored_now == 5 and teacher.cache_path.is_file()
+    model = SentenceTransformer(str(tiny_encoder_dir), device="cpu")
+    query, text = model.encode(["usb c cable", "Dog bed, large"], normalize_embeddings=True)
+    assert teacher("usb c cable", ["Dog bed, large"])[0] == pytest.approx(float(query @ text), abs=1e-5)
+    assert np.isnan(teacher("usb c cable", ["never scored"])[0])
+    again = TeacherScorer(str(tiny_encoder_dir), tmp_path).score_groups(groups)
+    assert again.scored_now == 0  # read from the cache, the teacher is not run
+    assert again("dog toy", ["Cat litter"]) == teacher("dog toy", ["Cat litter"])
+
+
+def test_another_teacher_invalidates_the_cache(groups, tiny_encoder_dir, tmp_path):
+    other = tmp_path / "other_teacher"
+    shutil.copytree(tiny_encoder_dir, other)
+    weights = load_file(other / "model.safetensors")
+    save_file(
+        {name: tensor + 0.05 * torch.randn_like(tensor) for name, tensor in weights.items()},
+        other / "model.safetensors",
+    )
+    assert teacher_fingerprint(str(other)) != teacher_fingerprint(str(tiny_encoder_dir))
+    assert teacher_fingerprint("org/model", "abc") != teacher_fingerprint("org/model", "def")
+    first = TeacherScorer(str(tiny_encoder_dir), tmp_path / "cache").score_groups(groups)
+    second = TeacherScorer(str(other), tmp_path / "cache").score_groups(groups)
+    assert second.scored_now == 5 and second.cache_path != first.cache_path
+    assert second("usb c cable", ["Dog bed, large"]) != first("usb c cable", ["Dog bed, large"])
+
+
+def test_train_py_distils_from_a_teacher_with_pseudo_queries(esci_sample, tiny_encoder_dir, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    args = [
+        "--esci_dir", esci_sample, "--model_name_or_path", tiny_encoder_dir, "--output_dir", tmp_path / "run",
+        "--stage", "1", "--stage_epochs", "1,1,1", "--max_train_samples", 64, "--max_eval_samples", 32,
+        "--per_device_train_batch_size", 16, "--logging_steps", 1, "--selection_corpus_size", 300,
+        "--pseudo_queries", 40, "--teacher_model_name_or_path", tiny_encoder_dir, "--distillation_weight", 2.0,
+        "--teacher_cache_dir", tmp_path / "teacher",
+    ]  # fmt: skip
+    result = subprocess.run([sys.executable, str(repo / "train.py"), *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "teacher").glob("teacher_scores_*.parquet"))
+    state = tmp_path / "run" / "stage1" / "trainer_state.json"  # the finished stage's log (its checkpoints are gone)
+    logged = json.loads(state.read_text())["log_history"]
+    assert any(record.get("distillation_loss", 0) > 0 for record in logged)
+    config = json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())
+    assert config["training"]["loss"]["distillation_weight"] == 2.0
+    assert config["training"]["teacher"]["teacher"] == str(tiny_encoder_dir)
