@@ -87,6 +87,7 @@ class TwoTowerModel(PreTrainedModel):
         Hub id or the user's name as the base model, never the packaged copy's install path."""
         encoder = AutoModel.from_pretrained(folder)
         base_name = recorded_name(name_or_path)
+        encoder.config._name_or_path = base_name  # kept in encoder_config below
         config = TwoTowerConfig(encoder_config=encoder.config.to_dict(), base_model_name_or_path=base_name, **settings)
         config._name_or_path = name_or_path  # as given (in memory only: transformers does not save it)
         model = cls(config, encoder=encoder)
