@@ -75,19 +75,21 @@ class TwoTowerModel(PreTrainedModel):
         name_or_path = str(name_or_path or default_base_model())
         return cls._around_encoder(
             resolve_pretrained(name_or_path),
-            recorded_name(name_or_path),
+            name_or_path,
             tie_towers=tie_towers,
             query_max_length=query_max_length,
             product_max_length=product_max_length,
         )
 
     @classmethod
-    def _around_encoder(cls, folder: Path, base_name: str, **settings) -> TwoTowerModel:
-        """Wrap the encoder in local ``folder``; ``base_name`` (a Hub id or the user's name) is what gets recorded."""
+    def _around_encoder(cls, folder: Path, name_or_path: str, **settings) -> TwoTowerModel:
+        """Wrap the encoder in local ``folder``, resolved from the user's ``name_or_path``; the config records the
+        Hub id or the user's name as the base model, never the packaged copy's install path."""
         encoder = AutoModel.from_pretrained(folder)
-        encoder.config._name_or_path = base_name
+        base_name = recorded_name(name_or_path)
+        encoder.config._name_or_path = base_name  # kept in encoder_config below
         config = TwoTowerConfig(encoder_config=encoder.config.to_dict(), base_model_name_or_path=base_name, **settings)
-        config._name_or_path = base_name
+        config._name_or_path = name_or_path  # as given (in memory only: transformers does not save it)
         model = cls(config, encoder=encoder)
         model._tokenizer = AutoTokenizer.from_pretrained(folder)
         return model
@@ -303,7 +305,7 @@ def load_model(name_or_path: str | None = None, **from_encoder_kwargs) -> TwoTow
     if is_two_tower_folder(folder):
         return TwoTowerModel.from_pretrained(folder)
     check_text_encoder(folder)
-    return TwoTowerModel._around_encoder(folder, recorded_name(name_or_path), **from_encoder_kwargs)
+    return TwoTowerModel._around_encoder(folder, name_or_path, **from_encoder_kwargs)
 
 
 def check_text_encoder(name_or_path: str | Path) -> None:
