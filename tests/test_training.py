@@ -151,7 +151,7 @@ def test_kill_during_stage_1_then_resume_completes(esci_sample, tiny_encoder_dir
 
 
 class NanLoss(torch.nn.Module):
-    def forward(self, query_embeddings, *args):
+    def forward(self, query_embeddings, *args, **kwargs):
         loss = query_embeddings.sum() * float("nan")
         return {"loss": loss}
 
