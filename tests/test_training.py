@@ -86,11 +86,13 @@ def test_loss_options_reach_the_loss(esci_sample, tmp_path):
 
     types = (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments)
     argv = ["--esci_dir", str(esci_sample), "--output_dir", str(tmp_path), "--temperature", "0.07"]
-    run = TrainingRun(*parse_args(types, argv=[*argv, "--no_mask_false_negatives", "--margin", "0.3"]))
+    options = ["--no_mask_false_negatives", "--margin", "0.3", "--no_label_weighted_infonce"]
+    run = TrainingRun(*parse_args(types, argv=[*argv, *options]))
     config = run.loss.get_config_dict()
-    assert config["infonce"] == {"temperature": 0.07, "mask_false_negatives": False}
+    assert config["infonce"] == {"temperature": 0.07, "mask_false_negatives": False, "label_weighted": False}
     assert config["contrastive"]["margin"] == 0.3
     assert TrainingRun(*parse_args(types, argv=argv)).loss.infonce.mask_false_negatives
+    assert TrainingRun(*parse_args(types, argv=argv)).loss.infonce.label_weighted
 
 
 def test_stage_alone_continues_from_previous_stage(esci_sample, tiny_encoder_dir, tmp_path):
@@ -148,7 +150,7 @@ def test_kill_during_stage_1_then_resume_completes(esci_sample, tiny_encoder_dir
 
 
 class NanLoss(torch.nn.Module):
-    def forward(self, query_embeddings, *args):
+    def forward(self, query_embeddings, *args, **kwargs):
         loss = query_embeddings.sum() * float("nan")
         return {"loss": loss}
 
