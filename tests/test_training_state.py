@@ -67,7 +67,7 @@ def test_run_mines_on_the_trainer_device_and_ends_with_a_summary(full_run):
     assert "best epoch" in result.stdout and "InfoNCE losses grow with the global batch" in result.stdout
     summary = json.loads((output / "run_summary.json").read_text())
     state = json.loads((output / "schedule_state.json").read_text())
-    assert summary["best"]["epoch"] == state["best"]["epoch"] and summary["best"]["metric"] == "eval_loss"
+    assert summary["best"]["epoch"] == state["best"]["epoch"] and summary["best"]["metric"] == "eval_ndcg@10"
     assert set(summary["validation"]) == {"1", "2", "3", "4"} and set(summary["stage_seconds"]) == {"1", "2", "3"}
     assert all("eval_infonce_loss" in figures for figures in summary["validation"].values())
 
