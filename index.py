@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from ttsn_hf.errors import UserInputError, cli_entry
+from ttsn_hf.retrieval.catalogue import DEFAULT_CACHE_DIR
 from ttsn_hf.retrieval.encoding import make_accelerator
-from ttsn_hf.retrieval.mining import DEFAULT_CACHE_DIR
 
 
 @dataclass
@@ -29,9 +29,10 @@ class IndexArguments:
     data_dir: str | None = field(default=None, metadata={"help": "Prepared data (its catalogue/)."})
     output_dir: str = field(default="index", metadata={"help": "Index folder to write."})
     index_factory: str = field(
-        default="Flat",
+        default="auto",
         metadata={
-            "help": "faiss index_factory: Flat (exact), HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
+            "help": "faiss index_factory: auto (exact Flat up to 500k products, IVF above, its recall@10 against "
+            "exact search in manifest.json), Flat, HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
             "3x faster builds, bench/RESULTS.md)."
         },
     )
@@ -57,18 +58,18 @@ def build(args: IndexArguments):
         raise UserInputError("building an index needs --model_name_or_path (or pass --query to search one)")
     if (args.esci_dir is None) == (args.data_dir is None):
         raise UserInputError("give exactly one of --esci_dir (ESCI data) and --data_dir (prepared data)")
-    from ttsn_hf.data.esci import load_esci
     from ttsn_hf.modeling.model import load_model
-    from ttsn_hf.retrieval.indexing import build_catalogue_index
-    from ttsn_hf.retrieval.mining import load_mining_input
+    from ttsn_hf.retrieval.catalogue import load_catalogue
+    from ttsn_hf.retrieval.indexing import build_catalogue_index, check_output_folder
 
+    check_output_folder(args.output_dir)  # before hours of encoding, not after
     accelerator = make_accelerator()
     model = load_model(args.model_name_or_path).to(accelerator.device)
-    data = load_mining_input(load_esci(args.esci_dir or args.data_dir))
+    catalogue = load_catalogue(args.esci_dir or args.data_dir)
     folder = build_catalogue_index(
         model,
-        data.product_ids,
-        data.product_texts,
+        catalogue.product_ids,
+        catalogue.texts,
         args.output_dir,
         factory=args.index_factory,
         batch_size=args.batch_size,
@@ -78,7 +79,7 @@ def build(args: IndexArguments):
         accelerator=accelerator,
     )
     if accelerator.is_main_process:
-        print(f"index of {len(data.product_ids)} products written to {folder}/")
+        print(f"index of {len(catalogue)} products written to {folder}/")
     accelerator.end_training()  # close the process group before exit: gloo threads alive at exit can abort
     return folder
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 
@@ -21,6 +20,7 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
 from ..retrieval.bm25 import BM25Retriever
 from ..retrieval.encoding import encode_catalogue
+from ..retrieval.indexing import search
 from .metrics import evaluate_run, metric_names, paired_bootstrap
 
 Run = dict[str, list[str]]
@@ -66,15 +66,6 @@ class EvalArguments:
 # ---------------------------------------------------------------------------------------------- retrieval
 
 
-def dense_search(query_emb: np.ndarray, product_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search (faiss ``IndexFlatIP``): the rows of the top ``k`` products of each query,
-    best first, and their scores, both of shape (n_queries, min(k, n_products))."""
-    index = faiss.IndexFlatIP(product_emb.shape[1])
-    index.add(np.ascontiguousarray(product_emb, dtype=np.float32))
-    scores, rows = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, index.ntotal))
-    return rows, scores
-
-
 def rows_to_run(query_ids: Sequence[str], rows: np.ndarray, product_ids: Sequence[str]) -> Run:
     """A run (query_id -> ranked product ids) from search result rows; faiss's -1 padding is dropped."""
     product_ids = np.asarray(product_ids, dtype=object)
@@ -107,7 +98,7 @@ def dense_run(
 ) -> Run:
     """Encode the queries with ``model`` and retrieve the top ``top_k`` products by inner product."""
     query_emb = model.encode_queries(list(queries.values()), **encode_kwargs)
-    rows, _ = dense_search(query_emb, product_emb, top_k)
+    _, rows = search(product_emb, query_emb, top_k)
     return rows_to_run(list(queries), rows, product_ids)
 
 
@@ -321,7 +312,7 @@ def _load_encoder(name_or_path: str | None):
 
 def _index_run(args: EvalArguments, queries: Mapping[str, str], product_ids: list[str]) -> tuple[Run, str]:
     """Retrieve with a saved index: only the queries are encoded, with the index's model unless one is given."""
-    from ..retrieval.indexing import load_index, search
+    from ..retrieval.indexing import load_index
 
     name = args.model_name_or_path or load_index(args.index_dir).manifest.get("model_name_or_path")
     if not name:
