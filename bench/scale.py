@@ -267,9 +267,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def step_commands(
-    work: Path, encoder: Path, train_steps: int, batch_size: int, max_pairs: int
+    work: Path, encoder: Path, train_steps: int, batch_size: int, max_pairs: int, steps: tuple[str, ...] = STEPS
 ) -> dict[str, tuple[list[str], Path]]:
-    """Each step's command line (the real CLIs) and the output whose disk it is charged with.
+    """Each step's command line (the real CLIs) and the output whose disk it is charged with, for ``steps``
+    (without the training steps, mining and indexing use the untrained encoder).
 
     Training builds each stage's data in full (stages 2-3 from the mined file), then tokenizes and trains on a
     seeded sample of ``max_pairs`` pairs: a few steps need no more, and tokenizing every pair up front (about 2.5M
@@ -278,6 +279,8 @@ def step_commands(
     esci, data, checkpoints = work / "esci", work / "data", work / "checkpoints"
     cache, index, evaluation = work / "embedding_cache", work / "index", work / "eval"
     python = [sys.executable]
+    stage1_model = checkpoints / "epoch_1" if "train_stage1" in steps else encoder
+    final_model = checkpoints / "best_model" if "train_stage1" in steps else encoder
     train = [
         *python, "train.py", "--model_name_or_path", str(encoder), "--data_dir", str(data),
         "--output_dir", str(checkpoints), "--stage_epochs", "1,1,1", "--max_steps", str(train_steps),
@@ -285,65 +288,23 @@ def step_commands(
         "--logging_steps", "1", "--save_strategy", "no", "--dataloader_num_workers", "0",
         "--max_train_samples", str(max_pairs), "--max_eval_samples", str(max_pairs // 10),
     ]  # fmt: skip
-    return {
+    mined = data / "hard_negatives_stage2.parquet"
+    # fmt: off
+    commands = {
         "prepare": ([*python, "prepare.py", "--esci_dir", str(esci), "--output_dir", str(data)], data),
         "train_stage1": ([*train, "--stage", "1"], checkpoints),
-        "mine": (
-            [
-                *python,
-                "mine.py",
-                "--checkpoint",
-                str(checkpoints / "epoch_1"),
-                "--data_dir",
-                str(data),
-                "--output",
-                str(data / "hard_negatives_stage2.parquet"),
-                "--cache_dir",
-                str(cache),
-            ],  # fmt: skip
-            data / "hard_negatives_stage2.parquet",
-        ),
+        "mine": ([*python, "mine.py", "--checkpoint", str(stage1_model), "--data_dir", str(data),
+                  "--output", str(mined), "--cache_dir", str(cache)], mined),
         "train_stage2": ([*train, "--stage", "2"], checkpoints),
         "train_stage3": ([*train, "--stage", "3"], checkpoints),
-        "index": (
-            [
-                *python,
-                "index.py",
-                "--model_name_or_path",
-                str(checkpoints / "best_model"),
-                "--data_dir",
-                str(data),
-                "--output_dir",
-                str(index),
-                "--cache_dir",
-                str(cache),
-                "--index_factory",
-                "auto",
-            ],  # fmt: skip
-            index,
-        ),
-        "eval": (
-            [
-                *python,
-                "eval.py",
-                "--index_dir",
-                str(index),
-                "--data_dir",
-                str(data),
-                "--split",
-                "test",
-                "--baseline",
-                "none",
-                "--bm25",
-                "false",
-                "--bootstrap_samples",
-                "1000",
-                "--output_dir",
-                str(evaluation),
-            ],  # fmt: skip
-            evaluation,
-        ),
+        "index": ([*python, "index.py", "--model_name_or_path", str(final_model), "--data_dir", str(data),
+                   "--output_dir", str(index), "--cache_dir", str(cache), "--index_factory", "auto"], index),
+        "eval": ([*python, "eval.py", "--index_dir", str(index), "--data_dir", str(data), "--split", "test",
+                  "--baseline", "none", "--bm25", "false", "--bootstrap_samples", "1000",
+                  "--output_dir", str(evaluation)], evaluation),
     }
+    # fmt: on
+    return {name: commands[name] for name in STEPS if name in steps}
 
 
 def run_fraction(fraction: float, work: Path, args: argparse.Namespace) -> dict:
@@ -356,24 +317,23 @@ def run_fraction(fraction: float, work: Path, args: argparse.Namespace) -> dict:
         "fraction": fraction,
         **sizes,
         "generate_s": round(time.perf_counter() - started, 2),
-        "esci_disk_gib": round(disk_usage(work / "esci") / 2**30, 3),
+        "esci_disk_bytes": disk_usage(work / "esci"),
         "steps": {},
     }
     encoder = write_tiny_encoder(work / "tiny_encoder")
-    for name, (argv, output) in step_commands(work, encoder, args.train_steps, args.batch_size, args.max_pairs).items():
+    commands = step_commands(work, encoder, args.train_steps, args.batch_size, args.max_pairs, args.steps)
+    for name, (argv, output) in commands.items():
         print(f"[{fraction:g}] {name}: {' '.join(argv[1:3])} ...", flush=True)
         figures = measure(argv, work / "logs" / f"{name}.log", env)
-        figures["output_disk_gib"] = round(disk_usage(output) / 2**30, 3)
-        figures["work_disk_gib"] = round(disk_usage(work) / 2**30, 3)
+        figures["output_disk_bytes"] = disk_usage(output)
+        figures["work_disk_bytes"] = disk_usage(work)
         result["steps"][name] = figures
         print(f"[{fraction:g}] {name}: {json.dumps(figures)}", flush=True)
         if figures["returncode"] != 0:
             figures["log_tail"] = _tail(work / "logs" / f"{name}.log")
             print(figures["log_tail"], file=sys.stderr)
             break
-    result["completed"] = all(step.get("returncode") == 0 for step in result["steps"].values()) and len(
-        result["steps"]
-    ) == len(STEPS)
+    result["completed"] = [name for name, step in result["steps"].items() if step["returncode"] == 0] == list(commands)
     result["total_wall_s"] = round(sum(step["wall_s"] for step in result["steps"].values()), 2)
     result["max_peak_rss_gib"] = max(step["peak_tree_rss_gib"] for step in result["steps"].values())
     return result
@@ -425,12 +385,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--max_pairs", type=int, default=20_000, help="Pairs tokenized per stage (train.py cap).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"Steps to run, comma-separated: {','.join(STEPS)}.")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "scale.json"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.steps = tuple(step.strip() for step in args.steps.split(",") if step.strip())
+    unknown = sorted(set(args.steps) - set(STEPS))
+    if unknown:
+        raise SystemExit(f"--steps: unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
     fractions = [float(part) for part in args.fractions.split(",") if part.strip()]
     root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttsn-scale-"))
     runs = []

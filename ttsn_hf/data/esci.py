@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 
@@ -340,14 +341,21 @@ def _drop_textless(catalogue: datasets.Dataset, source: str, dropped: dict[str, 
     if empty:
         logger.warning("%s: dropping %d products with no text at all", source, empty)
         dropped["products_without_text"] = dropped.get("products_without_text", 0) + empty
-        catalogue = datasets.Dataset(InMemoryTable(catalogue.data.table.filter(has_text)))
+        catalogue = in_memory_dataset(catalogue.data.table.filter(has_text))
     return catalogue
 
 
 def _dataset(frame: pd.DataFrame, columns: list[str]) -> datasets.Dataset:
     """String columns of ``frame`` as a Dataset (nulls stay null)."""
-    features = datasets.Features({name: datasets.Value("string") for name in columns})
-    return datasets.Dataset.from_pandas(frame[columns].astype("string"), features=features, preserve_index=False)
+    schema = pa.schema([(name, pa.string()) for name in columns])
+    return in_memory_dataset(pa.Table.from_pandas(frame[columns].astype("string"), schema, preserve_index=False))
+
+
+def in_memory_dataset(table: pa.Table) -> datasets.Dataset:
+    """An Arrow table as an in-memory Dataset, without ``datasets`` fingerprinting it by pickling every row (a
+    transient copy of the whole table: gigabytes for the full release). Nothing caches an in-memory dataset's
+    transforms on disk, so a random fingerprint loses nothing."""
+    return datasets.Dataset(InMemoryTable(table), fingerprint=generate_random_fingerprint())
 
 
 def _products_with_fields(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -464,7 +472,7 @@ def _official_catalogue(
     table = pa.table(
         {"product_id": pa.chunked_array(ids, pa.string()), "product_text": pa.chunked_array(texts, pa.string())}
     )
-    return _drop_textless(datasets.Dataset(InMemoryTable(table)), source, dropped)
+    return _drop_textless(in_memory_dataset(table), source, dropped)
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
