@@ -309,7 +309,8 @@ def step_commands(
 
 def run_fraction(fraction: float, work: Path, args: argparse.Namespace) -> dict:
     """Write the synthetic release at ``fraction`` under ``work`` and run every step; the per-step figures."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # the tokenizer may use both cores: no step forks after tokenizing (dataloader_num_workers 0)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
     env["HF_DATASETS_CACHE"] = str(work / "hf_datasets_cache")
     started = time.perf_counter()
     sizes = write_synthetic_esci(work / "esci", fraction, seed=args.seed)
