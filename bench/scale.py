@@ -307,8 +307,9 @@ def step_commands(
     return {name: commands[name] for name in STEPS if name in steps}
 
 
-def run_fraction(fraction: float, work: Path, args: argparse.Namespace) -> dict:
-    """Write the synthetic release at ``fraction`` under ``work`` and run every step; the per-step figures."""
+def run_fraction(fraction: float, work: Path, args: argparse.Namespace, report=lambda run: None) -> dict:
+    """Write the synthetic release at ``fraction`` under ``work`` and run every step; the per-step figures, also
+    passed to ``report`` after every step (so a run stopped early keeps what it measured)."""
     # the tokenizer may use both cores: no step forks after tokenizing (dataloader_num_workers 0)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
     env["HF_DATASETS_CACHE"] = str(work / "hf_datasets_cache")
@@ -330,27 +331,40 @@ def run_fraction(fraction: float, work: Path, args: argparse.Namespace) -> dict:
         figures["work_disk_bytes"] = disk_usage(work)
         result["steps"][name] = figures
         print(f"[{fraction:g}] {name}: {json.dumps(figures)}", flush=True)
+        report(_finish(result, commands))
         if figures["returncode"] != 0:
             figures["log_tail"] = _tail(work / "logs" / f"{name}.log")
             print(figures["log_tail"], file=sys.stderr)
             break
+    return _finish(result, commands)
+
+
+def _finish(result: dict, commands: dict) -> dict:
     result["completed"] = [name for name, step in result["steps"].items() if step["returncode"] == 0] == list(commands)
     result["total_wall_s"] = round(sum(step["wall_s"] for step in result["steps"].values()), 2)
     result["max_peak_rss_gib"] = max(step["peak_tree_rss_gib"] for step in result["steps"].values())
     return result
 
 
-def linearity(runs: list[dict]) -> dict[str, float]:
-    """Per step: (time at the largest size / time at the smallest) / (size ratio); 1.0 is linear."""
-    done = [run for run in runs if run["completed"]]
-    if len(done) < 2:
-        return {}
-    small, large = min(done, key=lambda run: run["fraction"]), max(done, key=lambda run: run["fraction"])
-    size_ratio = large["judgements"] / small["judgements"]
-    return {
-        step: round(large["steps"][step]["wall_s"] / max(small["steps"][step]["wall_s"], 1e-9) / size_ratio, 3)
-        for step in STEPS
-    }
+def linearity(runs: list[dict]) -> dict[str, dict]:
+    """Per step, between the smallest and the largest size where it succeeded: (wall time ratio, CPU time ratio) /
+    judgements ratio. 1.0 is linear, 1.5 the target's limit; CPU time is the steadier figure on a shared machine."""
+    summary = {"wall": {}, "cpu": {}, "between_fractions": {}}
+    for step in STEPS:
+        done = sorted((run for run in runs if run["steps"].get(step, {}).get("returncode") == 0), key=_fraction)
+        if len(done) < 2 or done[0]["fraction"] == done[-1]["fraction"]:
+            continue
+        small, large = done[0], done[-1]
+        size_ratio = large["judgements"] / small["judgements"]
+        for key, figure in (("wall", "wall_s"), ("cpu", "cpu_s")):
+            growth = large["steps"][step][figure] / max(small["steps"][step][figure], 1e-9)
+            summary[key][step] = round(growth / size_ratio, 3)
+        summary["between_fractions"][step] = [small["fraction"], large["fraction"]]
+    return summary
+
+
+def _fraction(run: dict) -> float:
+    return run["fraction"]
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -397,20 +411,26 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(args.steps) - set(STEPS))
     if unknown:
         raise SystemExit(f"--steps: unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
-    fractions = [float(part) for part in args.fractions.split(",") if part.strip()]
+    fractions = [float(part) for part in args.fractions.split(",") if part.strip()]  # none: re-summarise --output
     root = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="ttsn-scale-"))
-    runs = []
+    results = summarise(Path(args.output), [], args)
     for fraction in fractions:
         work = root / f"fraction-{fraction:g}"
         shutil.rmtree(work, ignore_errors=True)
-        runs.append(run_fraction(fraction, work, args))
+        run = run_fraction(fraction, work, args, report=lambda partial: summarise(Path(args.output), [partial], args))
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    output = Path(args.output)
-    if output.is_file():  # fractions measured by earlier invocations are kept (this run's replace them)
-        earlier = json.loads(output.read_text(encoding="utf-8")).get("runs", [])
-        runs += [run for run in earlier if run["fraction"] not in fractions]
-    runs.sort(key=lambda run: run["fraction"])
+        results = summarise(Path(args.output), [run], args)  # written after every size: a long run keeps its part
+    print(json.dumps({"time_vs_linear": results["time_vs_linear"]}, indent=2))
+    return results
+
+
+def summarise(output: Path, new_runs: list[dict], args: argparse.Namespace) -> dict:
+    """Merge ``new_runs`` into the runs already in ``output`` (a size measured again replaces its old run), then
+    write the JSON and the plot."""
+    runs = json.loads(output.read_text(encoding="utf-8")).get("runs", []) if output.is_file() else []
+    fractions = {run["fraction"] for run in new_runs}
+    runs = sorted([run for run in runs if run["fraction"] not in fractions] + new_runs, key=lambda run: run["fraction"])
     results = {
         "machine": machine("cpu"),
         "encoder": "random 2-layer 32-dim BERT, MiniLM tokenizer",
@@ -420,8 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
         "time_vs_linear": linearity(runs),
     }
     write_json(output, results)
-    plot(runs, output.with_suffix(".png"))
-    print(json.dumps({"time_vs_linear": results["time_vs_linear"]}, indent=2))
+    if runs:
+        plot(runs, output.with_suffix(".png"))
     return results
 
 
