@@ -293,8 +293,9 @@ def step_commands(
     commands = {
         "prepare": ([*python, "prepare.py", "--esci_dir", str(esci), "--output_dir", str(data)], data),
         "train_stage1": ([*train, "--stage", "1"], checkpoints),
+        # a random encoder scores every product about alike: a margin below the positives would leave no negative
         "mine": ([*python, "mine.py", "--checkpoint", str(stage1_model), "--data_dir", str(data),
-                  "--output", str(mined), "--cache_dir", str(cache)], mined),
+                  "--output", str(mined), "--cache_dir", str(cache), "--relative_margin", "-1"], mined),
         "train_stage2": ([*train, "--stage", "2"], checkpoints),
         "train_stage3": ([*train, "--stage", "3"], checkpoints),
         "index": ([*python, "index.py", "--model_name_or_path", str(final_model), "--data_dir", str(data),

@@ -444,23 +444,16 @@ def _official_catalogue(
     batches = parquet.iter_batches(batch_size=PRODUCT_BATCH_ROWS, columns=columns)
     total = -(-parquet.metadata.num_rows // PRODUCT_BATCH_ROWS)
     for batch in tqdm(batches, total=total, desc="product text", unit="batch", disable=total < 2):
-        frame = batch.to_pandas().set_axis(pd.RangeIndex(offset, offset + batch.num_rows))
+        frame = batch.to_pandas().set_axis(pd.RangeIndex(offset, offset + batch.num_rows))  # file row numbers
         offset += batch.num_rows
         if filter_locale:
             locale_values = frame["product_locale"].astype(str).str.strip()
             locales.update(locale_values.unique().tolist())
             frame = frame[locale_values == locale]
-        frame = _products_with_fields(frame, source)
-        repeated = frame["product_id"].duplicated() | frame["product_id"].isin(seen)
-        if repeated.any():
-            dropped["duplicate_products"] = dropped.get("duplicate_products", 0) + int(repeated.sum())
-            frame = frame[~repeated]
-        seen.update(frame["product_id"].tolist())
+        frame = _new_products(_products_with_fields(frame, source), seen, dropped)
         _check_titles(frame, source, allow_missing_titles)
-        fields = [name for name in TEXT_FIELDS if name in frame.columns]
-        rows = (dict(zip(fields, values, strict=True)) for values in zip(*(frame[f] for f in fields), strict=True))
         ids.append(pa.array(frame["product_id"].tolist(), pa.string()))
-        texts.append(pa.array([_render(pieces, row, max_text_chars) for row in rows], pa.string()))
+        texts.append(pa.array(_render_frame(frame, pieces, max_text_chars), pa.string()))
     if filter_locale and not seen:
         raise UserInputError(
             f"{source}: no rows with product_locale == {locale!r} (values present: {sorted(locales)[:10]})"
@@ -473,6 +466,22 @@ def _official_catalogue(
         {"product_id": pa.chunked_array(ids, pa.string()), "product_text": pa.chunked_array(texts, pa.string())}
     )
     return _drop_textless(in_memory_dataset(table), source, dropped)
+
+
+def _new_products(products: pd.DataFrame, seen: set[str], dropped: dict[str, int]) -> pd.DataFrame:
+    """``products`` without the ids already ``seen`` (in earlier batches or earlier in this one); counts the drops."""
+    repeated = products["product_id"].duplicated() | products["product_id"].isin(seen)
+    if repeated.any():
+        dropped["duplicate_products"] = dropped.get("duplicate_products", 0) + int(repeated.sum())
+        products = products[~repeated]
+    seen.update(products["product_id"].tolist())
+    return products
+
+
+def _render_frame(products: pd.DataFrame, pieces: list[tuple[str, str | None]], max_chars: int | None) -> list[str]:
+    fields = [name for name in TEXT_FIELDS if name in products.columns]
+    rows = zip(*(products[name] for name in fields), strict=True)
+    return [_render(pieces, dict(zip(fields, values, strict=True)), max_chars) for values in rows]
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
