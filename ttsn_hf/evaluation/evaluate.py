@@ -312,9 +312,9 @@ def _load_encoder(name_or_path: str | None):
 
 def _index_run(args: EvalArguments, queries: Mapping[str, str], product_ids: list[str]) -> tuple[Run, str]:
     """Retrieve with a saved index: only the queries are encoded, with the index's model unless one is given."""
-    from ..retrieval.indexing import load_index
+    from ..retrieval.indexing import load_index, read_manifest
 
-    name = args.model_name_or_path or load_index(args.index_dir).manifest.get("model_name_or_path")
+    name = args.model_name_or_path or read_manifest(args.index_dir).get("model_name_or_path")
     if not name:
         raise UserInputError(f"{args.index_dir}: the manifest names no model; pass --model_name_or_path")
     model = _load_encoder(name)

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
@@ -164,12 +165,12 @@ def save_index(
     """Write the index folder atomically: a reader sees the old folder or the complete new one."""
     if index.ntotal != len(product_ids):
         raise ValueError(f"the index holds {index.ntotal} vectors for {len(product_ids)} product ids")
-    products = pd.DataFrame({"product_id": list(map(str, product_ids))})
-    products["product_text"] = list(texts) if texts is not None else ""
+    texts = list(texts) if texts is not None else [""] * len(product_ids)
+    products = pa.table({"product_id": pa.array(list(map(str, product_ids))), "product_text": pa.array(texts)})
     with atomic_path(folder) as temporary:
         temporary.mkdir(parents=True)
         faiss.write_index(index, str(temporary / INDEX_FILE))
-        products.to_parquet(temporary / PRODUCTS_FILE, index=False)
+        pq.write_table(products, temporary / PRODUCTS_FILE)
         (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return Path(folder)
 
@@ -178,8 +179,23 @@ def save_index(
 class LoadedIndex:
     index: faiss.Index
     product_ids: list[str]
-    texts: list[str]
+    texts: Sequence[str]  # read from the Arrow column on access: evaluation never needs 1.8M Python strings
     manifest: dict[str, Any]
+
+
+class ArrowStrings(Sequence[str]):
+    """A read-only sequence of strings over an Arrow string column, converted one item at a time."""
+
+    def __init__(self, column: pa.ChunkedArray):
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [value.as_py() for value in self.column[item]]
+        return self.column[item].as_py()
 
 
 def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
@@ -190,7 +206,7 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
             raise UserInputError(f"{folder}: not an index folder ({name} is missing); build one with index.py")
     manifest = read_manifest(folder)
     index = faiss.read_index(str(folder / INDEX_FILE))
-    products = pd.read_parquet(folder / PRODUCTS_FILE)
+    products = pq.read_table(folder / PRODUCTS_FILE, columns=["product_id", "product_text"])
     if not index.ntotal == len(products) == manifest.get("count"):
         raise UserInputError(
             f"{folder}: {index.ntotal} vectors in {INDEX_FILE}, {len(products)} rows in {PRODUCTS_FILE}, "
@@ -198,7 +214,8 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
         )
     if model is not None:
         check_model_matches(manifest, model, folder)
-    return LoadedIndex(index, products["product_id"].tolist(), products["product_text"].tolist(), manifest)
+    product_ids = products.column("product_id").to_pylist()
+    return LoadedIndex(index, product_ids, ArrowStrings(products.column("product_text")), manifest)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
