@@ -184,13 +184,21 @@ class LoadedIndex:
 
 
 class ArrowStrings(Sequence[str]):
-    """A read-only sequence of strings over an Arrow string column, converted one item at a time."""
+    """A read-only sequence of the strings of one parquet column, read on first access and converted one item at a
+    time (evaluation, which never shows product texts, never reads them)."""
 
-    def __init__(self, column: pa.ChunkedArray):
-        self.column = column
+    def __init__(self, path: Path, column: str):
+        self.path, self.name = path, column
+        self._column: pa.ChunkedArray | None = None
+
+    @property
+    def column(self) -> pa.ChunkedArray:
+        if self._column is None:
+            self._column = pq.read_table(self.path, columns=[self.name]).column(0)
+        return self._column
 
     def __len__(self) -> int:
-        return len(self.column)
+        return pq.ParquetFile(self.path).metadata.num_rows if self._column is None else len(self._column)
 
     def __getitem__(self, item):
         if isinstance(item, slice):
@@ -206,7 +214,7 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
             raise UserInputError(f"{folder}: not an index folder ({name} is missing); build one with index.py")
     manifest = read_manifest(folder)
     index = faiss.read_index(str(folder / INDEX_FILE))
-    products = pq.read_table(folder / PRODUCTS_FILE, columns=["product_id", "product_text"])
+    products = pq.read_table(folder / PRODUCTS_FILE, columns=["product_id"])
     if not index.ntotal == len(products) == manifest.get("count"):
         raise UserInputError(
             f"{folder}: {index.ntotal} vectors in {INDEX_FILE}, {len(products)} rows in {PRODUCTS_FILE}, "
@@ -215,7 +223,7 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
     if model is not None:
         check_model_matches(manifest, model, folder)
     product_ids = products.column("product_id").to_pylist()
-    return LoadedIndex(index, product_ids, ArrowStrings(products.column("product_text")), manifest)
+    return LoadedIndex(index, product_ids, ArrowStrings(folder / PRODUCTS_FILE, "product_text"), manifest)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
