@@ -25,18 +25,17 @@ def main(argv: list[str] | None = None):
 
 
 def build(args: IndexArguments):
-    from ttsn_hf.data.esci import load_esci
     from ttsn_hf.modeling.model import load_model
+    from ttsn_hf.retrieval.catalogue import load_catalogue
     from ttsn_hf.retrieval.indexing import build_catalogue_index
-    from ttsn_hf.retrieval.mining import load_mining_input
 
     accelerator = make_accelerator()
     model = load_model(args.model_name_or_path).to(accelerator.device)
-    data = load_mining_input(load_esci(args.data_source))
+    catalogue = load_catalogue(args.data_source)
     folder = build_catalogue_index(
         model,
-        data.product_ids,
-        data.product_texts,
+        catalogue.product_ids,
+        catalogue.texts,
         args.output_dir,
         factory=args.index_factory,
         batch_size=args.batch_size,
@@ -46,7 +45,7 @@ def build(args: IndexArguments):
         accelerator=accelerator,
     )
     if accelerator.is_main_process:
-        print(f"index of {len(data.product_ids)} products written to {folder}/")
+        print(f"index of {len(catalogue)} products written to {folder}/")
     accelerator.end_training()  # close the process group before exit: gloo threads alive at exit can abort
     return folder
 

@@ -8,10 +8,12 @@ The catalogue embeddings are cached under --cache_dir (keyed by model and catalo
 checkpoint does not encode the catalogue again. See ttsn_hf/retrieval/mining.py for the selection rules.
 """
 
+from dataclasses import fields
+
 from ttsn_hf.arguments import MineArguments, parse_args
 from ttsn_hf.errors import cli_entry
 from ttsn_hf.retrieval.encoding import make_accelerator
-from ttsn_hf.retrieval.mining import mine_to_file
+from ttsn_hf.retrieval.mining import MiningSettings, mine_to_file
 
 
 @cli_entry
@@ -21,23 +23,12 @@ def main(argv: list[str] | None = None):
 
     accelerator = make_accelerator()
     model = load_model(args.model_name_or_path).to(accelerator.device)
-    output = mine_to_file(
-        model,
-        args.data_source,
-        args.output,
-        accelerator=accelerator,
-        num_negatives=args.num_negatives,
-        margin=args.margin,
-        relative_margin=args.relative_margin if args.relative_margin >= 0 else None,
-        range_min=args.range_min,
-        range_max=args.range_max,
-        sampling_strategy=args.sampling_strategy,
-        batch_size=args.batch_size,
-        bf16=args.bf16,
-        cache_dir=args.cache_dir,
-        chunk_size=args.chunk_size,
-        seed=args.seed,
+    settings = MiningSettings(
+        **{item.name: getattr(args, item.name) for item in fields(MiningSettings) if hasattr(args, item.name)}
     )
+    if settings.relative_margin is not None and settings.relative_margin < 0:
+        settings.relative_margin = None
+    output = mine_to_file(model, args.data_source, args.output, accelerator, settings)
     if accelerator.is_main_process:
         print(f"hard negatives written to {output} (summary: {output.with_suffix('.json')})")
     accelerator.end_training()  # close the process group before exit: gloo threads alive at exit can abort

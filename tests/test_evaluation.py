@@ -2,7 +2,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,7 +10,6 @@ from ttsn_hf.errors import UserInputError
 from ttsn_hf.evaluation.evaluate import (
     EvalArguments,
     bm25_run,
-    dense_search,
     evaluate_model,
     evaluate_systems,
     judged_dense_run,
@@ -81,16 +79,6 @@ def test_bm25_ranks_matching_products_first():
     assert set(ids[1]) == {"b", "e"}
     assert ids[2] == [] and ids[3] == []  # stopwords and unknown words match nothing
     assert all(len(i) == len(s) for i, s in zip(ids, scores, strict=True))
-
-
-def test_dense_search_is_exact_inner_product_search():
-    rng = np.random.default_rng(0)
-    products, queries = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(5, 8)).astype(np.float32)
-    rows, scores = dense_search(queries, products, k=7)
-    expected = np.argsort(-(queries @ products.T), axis=1)[:, :7]
-    np.testing.assert_array_equal(rows, expected)
-    np.testing.assert_allclose(scores, np.take_along_axis(queries @ products.T, expected, axis=1), rtol=1e-5)
-    assert dense_search(queries, products, k=500)[0].shape == (5, 50)
 
 
 def test_rrf_fuse_matches_hand_computation():

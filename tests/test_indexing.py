@@ -12,10 +12,12 @@ from ttsn_hf.errors import UserInputError
 from ttsn_hf.retrieval.indexing import (
     MANIFEST_FILE,
     ProductSearcher,
+    auto_factory,
+    build_catalogue_index,
     build_index,
-    chunked_knn,
     load_index,
     make_manifest,
+    recall_against_exact,
     save_index,
     search,
 )
@@ -65,15 +67,16 @@ def brute_force(corpus, queries, k):
     return np.argsort(-scores, axis=1, kind="stable")[:, :k], np.sort(scores, axis=1)[:, ::-1][:, :k]
 
 
-def test_exact_index_and_chunked_knn_agree_with_brute_force(vectors):
+def test_exact_index_and_exact_matrix_search_agree_with_brute_force(vectors):
     corpus, queries = vectors
     expected_rows, expected_scores = brute_force(corpus, queries, 10)
     scores, rows = search(build_index(corpus, chunk_size=700), queries, 10, chunk_size=64)
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
-    scores, rows = chunked_knn(queries, corpus, 10, chunk_size=450)
+    scores, rows = search(corpus, queries, 10, chunk_size=450)  # a matrix: exact, 450 corpus rows at a time
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+    assert search(corpus[:7], queries, 10)[1].shape == (200, 7)  # k is capped at the corpus size
 
 
 @pytest.mark.parametrize(("factory", "min_recall"), [("HNSW32", 0.95), ("IVF32,PQ16x4", 0.5)])
@@ -84,6 +87,28 @@ def test_approximate_indexes_recall_the_exact_neighbours(vectors, factory, min_r
     _, rows = search(index, queries, 10)
     recall = np.mean([len(set(found) & set(truth)) / 10 for found, truth in zip(rows, exact, strict=True)])
     assert recall >= min_recall, recall
+
+
+def test_auto_factory_is_exact_when_small_and_ivf_with_measured_recall_when_large(vectors, tmp_path):
+    assert auto_factory(500_000) == "Flat"
+    assert auto_factory(1_814_924) == "IVF4096,Flat" and auto_factory(4_000_000) == "IVF8192,Flat"
+    corpus, _ = vectors
+    index = build_index(corpus, "IVF64,Flat")
+    measured = recall_against_exact(index, corpus, k=10, queries=300)
+    exact, _ = brute_force(corpus, corpus[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))], 10)
+    _, found = search(index, corpus[np.sort(np.random.default_rng(0).choice(3000, 300, replace=False))], 10)
+    expected = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+    assert measured["recall@10"] == pytest.approx(expected, abs=1e-4) and measured["queries"] == 300
+    assert 0.5 < measured["recall@10"] <= 1.0
+
+    encoder = HashingEncoder()
+    texts = [f"product {i} colour {i % 7} size {i % 13}" for i in range(300)]
+    ids = [f"P{i}" for i in range(300)]
+    small = build_catalogue_index(encoder, ids, texts, tmp_path / "small", factory="auto")
+    assert load_index(small).manifest["index_factory"] == "Flat"
+    assert load_index(small).manifest["recall_vs_exact"] is None  # exact: nothing to measure
+    ivf = build_catalogue_index(encoder, ids, texts, tmp_path / "ivf", factory="IVF8,Flat")
+    assert 0 < load_index(ivf).manifest["recall_vs_exact"]["recall@10"] <= 1
 
 
 def test_bad_factories_are_user_errors(vectors):
@@ -106,7 +131,7 @@ def test_save_load_round_trip_answers_the_same(vectors, tmp_path):
     after = search(loaded.index, queries, 5)
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_allclose(after[0], before[0])
-    assert loaded.product_ids == ids and loaded.texts == texts
+    assert loaded.product_ids == ids and list(loaded.texts) == texts and loaded.texts[2:4] == texts[2:4]
     manifest = json.loads((tmp_path / "index" / MANIFEST_FILE).read_text())
     assert manifest["count"] == 3000 and manifest["dim"] == 32 and manifest["index_factory"] == "HNSW32"
     assert manifest["model_name_or_path"] == "hashing-bow"
@@ -191,3 +216,20 @@ def test_index_cli_refuses_a_model_that_did_not_build_the_index(tiny_encoder_dir
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert str(tiny_encoder_dir) in error and str(other) in error
+
+
+def test_index_cli_checks_its_output_path_before_encoding(tiny_encoder_dir, esci_sample, tmp_path, capsys, monkeypatch):
+    index_cli = load_cli("index")
+    import ttsn_hf.retrieval.indexing as indexing
+
+    monkeypatch.setattr(indexing, "encode_catalogue", lambda *a, **k: pytest.fail("encoded before the path check"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    common = ["--model_name_or_path", str(tiny_encoder_dir), "--esci_dir", str(esci_sample)]
+    for output in (blocker, blocker / "index"):
+        with pytest.raises(SystemExit) as exit_info:
+            index_cli.main([*common, "--output_dir", str(output)])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and "--output_dir" in error and "not a folder" in error
+    assert blocker.read_text() == "not a folder"

@@ -17,6 +17,7 @@ from sentence_transformers import util as st_util
 from ttsn_hf.errors import UserInputError
 from ttsn_hf.retrieval.mining import (
     COLUMNS,
+    MiningSettings,
     load_mining_input,
     mine_hard_negatives,
     select_hard_negatives,
@@ -174,7 +175,9 @@ def test_ties_are_broken_by_product_id():
     query = np.array([[1.0, 0.0]], dtype=np.float32)
     products = np.array([[0.6, 0.8]] * 4 + [[1.0, 0.0]], dtype=np.float32)
     ids = ["d", "b", "c", "a", "positive"]
-    mined = select_hard_negatives(query, products, ["q"], ids, {"q": {"positive"}}, {"q": {"positive"}}, 3)
+    mined = select_hard_negatives(
+        query, products, ["q"], ids, {"q": {"positive"}}, {"q": {"positive"}}, num_negatives=3
+    )
     assert mined["product_id"].tolist() == ["a", "b", "c"]
 
 
@@ -191,8 +194,9 @@ def test_bad_settings_are_user_errors(synthetic):
 def sample_negatives(esci_sample, tmp_path_factory):
     data = load_mining_input(esci_sample)
     cache = tmp_path_factory.mktemp("cache")
+    settings = MiningSettings(num_negatives=20, relative_margin=None, cache_dir=cache, seed=3)
     # no margin: the exclusion of judged products alone has to keep them out
-    return data, mine_hard_negatives(HashingEncoder(), data, 20, relative_margin=None, cache_dir=cache, seed=3), cache
+    return data, mine_hard_negatives(HashingEncoder(), data, settings), cache
 
 
 def test_no_judged_product_is_ever_mined(sample_negatives):
@@ -211,7 +215,7 @@ def test_mining_the_sample_again_is_identical_and_reuses_the_cache(sample_negati
     data, mined, cache = sample_negatives
     encoder = HashingEncoder()
     encoder.encode_products = lambda texts, **kwargs: pytest.fail("the catalogue was encoded again")
-    again = mine_hard_negatives(encoder, data, 20, relative_margin=None, cache_dir=cache, seed=3)
+    again = mine_hard_negatives(encoder, data, num_negatives=20, relative_margin=None, cache_dir=cache, seed=3)
     pd.testing.assert_frame_equal(again, mined)
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from .atomic import check_output_path
 from .data.esci import DEFAULT_MAX_TEXT_CHARS, DEFAULT_TEMPLATE
 from .data.stages import DEFAULT_NUM_RANDOM_NEGATIVES
 from .errors import UserInputError
 from .extras import require
 from .labels import DEFAULT_LABEL_WEIGHTS_TEXT, parse_label_weights
-from .retrieval.mining import DEFAULT_CACHE_DIR
+from .retrieval.catalogue import DEFAULT_CACHE_DIR
 
 DEFAULT_DATA_DIR = "data"
 # TrainingArguments options that --help shows (all of them are accepted; --help-all lists every one)
@@ -84,19 +85,6 @@ def _unknown_flag_message(unknown: list[str], parser: argparse.ArgumentParser) -
 
 
 # ---------------------------------------------------------------------------------------------- shared pieces
-
-
-def check_output_path(path: str | Path, flag: str, folder: bool = True) -> None:
-    """An output must be writable as what it is: a folder (or a file) that is not blocked by a file (or folder)."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        what = "a file" if folder else "a folder"
-        raise UserInputError(f"{flag} {path}: exists and is {what}; pass a {'folder' if folder else 'file'} path")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserInputError(f"{flag} {path}: {parent} is a file, not a folder")
-            break
 
 
 @dataclass
@@ -355,9 +343,10 @@ class IndexArguments(DataSourceArguments):
     model_name_or_path: str | None = field(default=None, metadata={"help": "Model to encode with."})
     output_dir: str = field(default="index", metadata={"help": "Index folder to write."})
     index_factory: str = field(
-        default="Flat",
+        default="auto",
         metadata={
-            "help": "faiss index_factory: Flat (exact), HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
+            "help": "faiss index_factory: auto (exact Flat up to 500k products, IVF above, its recall@10 against "
+            "exact search in manifest.json), Flat, HNSW32, IVF1024,PQ32np ('np' skips polysemous training: "
             "3x faster builds, bench/RESULTS.md)."
         },
     )

@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import UserInputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -38,3 +40,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def check_output_path(path: str | Path, flag: str, folder: bool = True) -> None:
+    """An output must be writable as what it is: a folder (or a file) that is not blocked by a file (or folder)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        wanted, found = ("folder", "file") if folder else ("file", "folder")
+        raise UserInputError(f"{flag} {path}: exists and is a {found}, not a {wanted}; pass a {wanted} path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserInputError(f"{flag} {path}: {parent} is a file, not a folder")
+            break

@@ -23,7 +23,12 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
-import pyarrow
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets.fingerprint import generate_random_fingerprint
+from datasets.table import InMemoryTable
+from tqdm.auto import tqdm
 
 from ..errors import UserInputError
 from ..labels import LABEL_NAMES, LABELS
@@ -44,9 +49,9 @@ TEXT_FIELDS = {
     "description": "product_description",
 }
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json")
+PRODUCT_BATCH_ROWS = 50_000  # products read, checked and rendered at a time from the official products file
 
 _HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
-_WHITESPACE = re.compile(r"\s+")
 _SEPARATOR = re.compile(r"^([\s.,;:!?]*)(.*)$", re.DOTALL)
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -70,9 +75,10 @@ def clean_text(value: object, max_chars: int | None = None) -> str:
         return ""
     if not isinstance(value, str) and hasattr(value, "__iter__"):  # bullet points stored as a list
         return clean_text(" ".join(clean_text(item) for item in value), max_chars)
-    text = html.unescape(_HTML_TAG.sub(" ", str(value)))
-    text = _WHITESPACE.sub(" ", _HTML_TAG.sub(" ", text)).strip()
-    return truncate(text, max_chars)
+    text = str(value)
+    if "<" in text or "&" in text:  # most fields hold neither: skip the HTML passes (a third of prepare's time)
+        text = _HTML_TAG.sub(" ", html.unescape(_HTML_TAG.sub(" ", text)))
+    return truncate(" ".join(text.split()), max_chars)  # split() is re's \s, several times faster
 
 
 def truncate(text: str, max_chars: int | None) -> str:
@@ -133,7 +139,9 @@ def _render(pieces: list[tuple[str, str | None]], row: Mapping[str, object], max
         elif name:
             text = label
         text, skipped = text + value, ""
-    return truncate(_WHITESPACE.sub(" ", text).strip(" .,;:"), max_chars)
+        if max_chars and len(text) > max_chars + 1:
+            break  # the first max_chars characters are settled: later fields would be cut off anyway
+    return truncate(" ".join(text.split()).strip(" .,;:"), max_chars)
 
 
 def _text_column(products: datasets.Dataset, template: str, max_chars: int | None, num_proc: int | None):
@@ -181,7 +189,7 @@ def _read(path: Path) -> pd.DataFrame:
         raise UserInputError(
             f"{path}: not UTF-8 text (bad byte at offset {error.start}); re-save it as UTF-8"
         ) from None
-    except (pyarrow.ArrowException, OSError) as error:
+    except (pa.ArrowException, OSError) as error:
         raise UserInputError(f"{path}: not a readable parquet file ({error})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
         raise UserInputError(f"{path}: cannot parse as {suffix[1:]} ({error})") from None
@@ -315,14 +323,7 @@ def _catalogue(
     num_proc: int | None,
 ) -> datasets.Dataset:
     """``products`` has product_id and either template-field columns (title, brand, ...) or product_text."""
-    untitled = _is_blank(products["title" if "title" in products.columns else "product_text"])
-    if untitled.any() and not allow_missing_titles:
-        column = "product_title" if "title" in products.columns else "product_text"
-        raise UserInputError(
-            f"{source}: column {column!r} is empty for product {describe_rows(products, untitled, 'product_id')}; "
-            "fix the file, or pass --allow_missing_titles to use the other fields (products left with no text "
-            "are dropped)"
-        )
+    _check_titles(products, source, allow_missing_titles)
     products = products.reset_index(drop=True)
     if "product_text" in products.columns:
         texts = products["product_text"].map(lambda value: clean_text(value, max_chars))
@@ -330,19 +331,30 @@ def _catalogue(
     else:
         columns = ["product_id", *[name for name in TEXT_FIELDS if name in products.columns]]
         catalogue = _text_column(_dataset(products, columns), template, max_chars, num_proc)
-    table = catalogue.to_pandas()
-    empty = table["product_text"] == ""
-    if empty.any():
-        logger.warning("%s: dropping %d products with no text at all", source, empty.sum())
-        dropped["products_without_text"] = int(empty.sum())
-        catalogue = datasets.Dataset.from_pandas(table[~empty], preserve_index=False)
+    return _drop_textless(catalogue, source, dropped)
+
+
+def _drop_textless(catalogue: datasets.Dataset, source: str, dropped: dict[str, int]) -> datasets.Dataset:
+    has_text = pc.not_equal(catalogue.data.column("product_text"), "")
+    empty = len(catalogue) - pc.sum(has_text).as_py() if len(catalogue) else 0
+    if empty:
+        logger.warning("%s: dropping %d products with no text at all", source, empty)
+        dropped["products_without_text"] = dropped.get("products_without_text", 0) + empty
+        catalogue = in_memory_dataset(catalogue.data.table.filter(has_text))
     return catalogue
 
 
 def _dataset(frame: pd.DataFrame, columns: list[str]) -> datasets.Dataset:
     """String columns of ``frame`` as a Dataset (nulls stay null)."""
-    features = datasets.Features({name: datasets.Value("string") for name in columns})
-    return datasets.Dataset.from_pandas(frame[columns].astype("string"), features=features, preserve_index=False)
+    schema = pa.schema([(name, pa.string()) for name in columns])
+    return in_memory_dataset(pa.Table.from_pandas(frame[columns].astype("string"), schema, preserve_index=False))
+
+
+def in_memory_dataset(table: pa.Table) -> datasets.Dataset:
+    """An Arrow table as an in-memory Dataset, without ``datasets`` fingerprinting it by pickling every row (a
+    transient copy of the whole table: gigabytes for the full release). Nothing caches an in-memory dataset's
+    transforms on disk, so a random fingerprint loses nothing."""
+    return datasets.Dataset(InMemoryTable(table), fingerprint=generate_random_fingerprint())
 
 
 def _products_with_fields(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -369,22 +381,15 @@ def _dedupe_products(products: pd.DataFrame, source: str, dropped: dict[str, int
 
 def _assemble(
     examples: pd.DataFrame,
-    products: pd.DataFrame,
+    catalogue: datasets.Dataset,
     examples_source: str,
     products_source: str,
     *,
-    text_template: str,
-    max_text_chars: int | None,
-    allow_missing_titles: bool,
     dropped: dict[str, int],
-    num_proc: int | None,
     source: str,
 ) -> EsciData:
     examples = _drop_duplicate_judgements(_check_judgements(examples, examples_source), examples_source, dropped)
-    catalogue = _catalogue(
-        products, products_source, text_template, max_text_chars, allow_missing_titles, dropped, num_proc
-    )
-    missing = ~examples["product_id"].isin(catalogue.to_pandas()["product_id"])
+    missing = ~examples["product_id"].isin(catalogue.data.column("product_id").to_pandas())
     if missing.any():
         logger.warning(
             "%s: dropping %d judgements whose product is not in the catalogue %s, e.g. %s",
@@ -407,14 +412,95 @@ def _load_official(folder: Path, locale: str | None, small_version: int, split: 
     examples = read_table(examples_path)
     require_columns(examples, ["query_id", "query", "product_id", "esci_label", "split"], str(examples_path))
     examples = _filter_examples(examples, str(examples_path), locale, small_version, split)
-    products = read_table(products_path)
-    require_columns(products, ["product_id", "product_title"], str(products_path))
-    if locale:
-        products = _filter(products, "product_locale", locale, str(products_path))
-    products = _dedupe_products(
-        _products_with_fields(products, str(products_path)), str(products_path), options["dropped"]
+    catalogue = _official_catalogue(products_path, locale, **options)
+    dropped = options["dropped"]
+    return _assemble(examples, catalogue, str(examples_path), str(products_path), dropped=dropped, source=str(folder))
+
+
+def _official_catalogue(
+    path: Path,
+    locale: str | None,
+    *,
+    text_template: str,
+    max_text_chars: int | None,
+    allow_missing_titles: bool,
+    dropped: dict[str, int],
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """The catalogue of the official products file, read ``PRODUCT_BATCH_ROWS`` rows and only the needed columns at
+    a time: the full release's 1.8M products never sit in memory as a DataFrame of every field, only their texts.
+    Checks, messages and results are those of the in-memory path (``_catalogue``); row numbers are the file's."""
+    source = str(path)
+    parquet = _open_parquet(path)
+    names = parquet.schema_arrow.names
+    require_columns(pd.DataFrame(columns=names), ["product_id", "product_title"], source)
+    filter_locale = bool(locale) and "product_locale" in names
+    columns = ["product_id", *[column for column in TEXT_FIELDS.values() if column in names]]
+    columns += ["product_locale"] if filter_locale else []
+    pieces = template_pieces(text_template)
+    seen: set[str] = set()
+    ids, texts, locales, offset = [], [], set(), 0
+    batches = parquet.iter_batches(batch_size=PRODUCT_BATCH_ROWS, columns=columns)
+    total = -(-parquet.metadata.num_rows // PRODUCT_BATCH_ROWS)
+    for batch in tqdm(batches, total=total, desc="product text", unit="batch", disable=total < 2):
+        frame = batch.to_pandas().set_axis(pd.RangeIndex(offset, offset + batch.num_rows))  # file row numbers
+        offset += batch.num_rows
+        if filter_locale:
+            locale_values = frame["product_locale"].astype(str).str.strip()
+            locales.update(locale_values.unique().tolist())
+            frame = frame[locale_values == locale]
+        frame = _new_products(_products_with_fields(frame, source), seen, dropped)
+        _check_titles(frame, source, allow_missing_titles)
+        ids.append(pa.array(frame["product_id"].tolist(), pa.string()))
+        texts.append(pa.array(_render_frame(frame, pieces, max_text_chars), pa.string()))
+    if filter_locale and not seen:
+        raise UserInputError(
+            f"{source}: no rows with product_locale == {locale!r} (values present: {sorted(locales)[:10]})"
+        )
+    if dropped.get("duplicate_products"):
+        logger.warning(
+            "%s: %d repeated product_id rows, keeping the first of each", source, dropped["duplicate_products"]
+        )
+    table = pa.table(
+        {"product_id": pa.chunked_array(ids, pa.string()), "product_text": pa.chunked_array(texts, pa.string())}
     )
-    return _assemble(examples, products, str(examples_path), str(products_path), source=str(folder), **options)
+    return _drop_textless(in_memory_dataset(table), source, dropped)
+
+
+def _new_products(products: pd.DataFrame, seen: set[str], dropped: dict[str, int]) -> pd.DataFrame:
+    """``products`` without the ids already ``seen`` (in earlier batches or earlier in this one); counts the drops."""
+    repeated = products["product_id"].duplicated() | products["product_id"].isin(seen)
+    if repeated.any():
+        dropped["duplicate_products"] = dropped.get("duplicate_products", 0) + int(repeated.sum())
+        products = products[~repeated]
+    seen.update(products["product_id"].tolist())
+    return products
+
+
+def _render_frame(products: pd.DataFrame, pieces: list[tuple[str, str | None]], max_chars: int | None) -> list[str]:
+    fields = [name for name in TEXT_FIELDS if name in products.columns]
+    rows = zip(*(products[name] for name in fields), strict=True)
+    return [_render(pieces, dict(zip(fields, values, strict=True)), max_chars) for values in rows]
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise UserInputError(f"{path}: not a readable parquet file ({error})") from None
+
+
+def _check_titles(products: pd.DataFrame, source: str, allow_missing_titles: bool) -> None:
+    untitled = _is_blank(products["title" if "title" in products.columns else "product_text"])
+    if untitled.any() and not allow_missing_titles:
+        column = "product_title" if "title" in products.columns else "product_text"
+        raise UserInputError(
+            f"{source}: column {column!r} is empty for product {describe_rows(products, untitled, 'product_id')}; "
+            "fix the file, or pass --allow_missing_titles to use the other fields (products left with no text "
+            "are dropped)"
+        )
 
 
 def _stable_id(prefix: str, text: str) -> str:
@@ -451,7 +537,12 @@ def load_table(
         text_parts = frame.filter(items=[text_column, *TEXT_FIELDS.values()]).astype(str)
         frame = frame.assign(product_id=[_stable_id("p", "\x1f".join(row)) for row in text_parts.itertuples(False)])
     products = _dedupe_products(_products_with_fields(frame, source), source, {})
-    return _assemble(frame, products, source, source, source=source, **options)
+    dropped = options.pop("dropped")
+    catalogue = _catalogue(
+        products, source, options["text_template"], options["max_text_chars"], options["allow_missing_titles"],
+        dropped, options.get("num_proc"),
+    )  # fmt: skip
+    return _assemble(frame, catalogue, source, source, dropped=dropped, source=source)
 
 
 def _load_saved(folder: Path, **options) -> EsciData:

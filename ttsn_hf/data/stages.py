@@ -29,6 +29,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
@@ -37,6 +38,7 @@ from ..labels import NEGATIVE_LABELS, POSITIVE_LABELS_BY_STAGE
 from .esci import (
     EsciData,
     describe_rows,
+    in_memory_dataset,
     load_esci,
     load_prepared_esci,
     read_table,
@@ -212,7 +214,8 @@ def _stage_dataset_dict(
     splits = {}
     for split, query_ids in query_splits.items():
         rows = stage_rows(judgements, catalogue, stage, query_ids, mined, num_random_negatives, seed)
-        splits[split] = datasets.Dataset.from_pandas(rows, features=STAGE_FEATURES, preserve_index=False)
+        table = pa.Table.from_pandas(rows, STAGE_FEATURES.arrow_schema, preserve_index=False)
+        splits[split] = in_memory_dataset(table)  # from_pandas would pickle every row to fingerprint it
     return datasets.DatasetDict(splits)
 
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 
@@ -23,6 +22,7 @@ from ..errors import UserInputError
 from ..extras import require
 from ..retrieval.bm25 import BM25Retriever
 from ..retrieval.encoding import encode_catalogue
+from ..retrieval.indexing import search
 from .metrics import evaluate_run, metric_names, paired_bootstrap
 
 Run = dict[str, list[str]]
@@ -33,15 +33,6 @@ METRIC_LABELS = {"recall@10": "Recall@10", "mrr": "MRR", "ndcg@10": "nDCG@10", "
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
-
-
-def dense_search(query_emb: np.ndarray, product_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search (faiss ``IndexFlatIP``): the rows of the top ``k`` products of each query,
-    best first, and their scores, both of shape (n_queries, min(k, n_products))."""
-    index = faiss.IndexFlatIP(product_emb.shape[1])
-    index.add(np.ascontiguousarray(product_emb, dtype=np.float32))
-    scores, rows = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, index.ntotal))
-    return rows, scores
 
 
 def rows_to_run(query_ids: Sequence[str], rows: np.ndarray, product_ids: Sequence[str]) -> Run:
@@ -78,7 +69,7 @@ def dense_run(
     """Encode the queries with ``model`` and retrieve the top ``top_k`` products by inner product. With ``qrels``
     also each query's judged products ranked by score (for ``esci_rank_ndcg``): returns (run, judged run)."""
     query_emb = model.encode_queries(list(queries.values()), **encode_kwargs)
-    rows, _ = dense_search(query_emb, product_emb, top_k)
+    _, rows = search(product_emb, query_emb, top_k)
     run = rows_to_run(list(queries), rows, product_ids)
     if qrels is None:
         return run
@@ -307,9 +298,9 @@ def _load_encoder(name_or_path: str | None):
 
 def _index_run(args: EvalArguments, queries: Mapping[str, str], product_ids: list[str]) -> tuple[Run, str]:
     """Retrieve with a saved index: only the queries are encoded, with the index's model unless one is given."""
-    from ..retrieval.indexing import load_index, search
+    from ..retrieval.indexing import load_index, read_manifest
 
-    name = args.model_name_or_path or load_index(args.index_dir).manifest.get("model_name_or_path")
+    name = args.model_name_or_path or read_manifest(args.index_dir).get("model_name_or_path")
     if not name:
         raise UserInputError(f"{args.index_dir}: the manifest names no model; pass --model_name_or_path")
     model = _load_encoder(name)

@@ -8,6 +8,7 @@ Embeddings are L2-normalised, so inner product is cosine similarity.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +17,11 @@ from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_output_path
 from ..errors import UserInputError
 from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
 
@@ -28,6 +30,9 @@ PRODUCTS_FILE = "products.parquet"
 MANIFEST_FILE = "manifest.json"
 # Defaults for approximate indexes, set at build time and stored in the index file (faiss keeps them).
 DEFAULT_SEARCH_PARAMETERS = {"efSearch": 128, "nprobe": 32}
+# "auto" builds an exact index up to this many products and an approximate one above it.
+EXACT_SEARCH_LIMIT = 500_000
+AUTO_FACTORY = "auto"
 
 
 def build_index(
@@ -76,23 +81,34 @@ def _set_default_search_parameters(index: faiss.Index) -> None:
             pass  # the parameter does not apply to this index type
 
 
-def search(index: faiss.Index, query_embeddings: np.ndarray, k: int, chunk_size: int = 4096):
-    """Top-``k`` (scores, row indices) per query, searched ``chunk_size`` queries at a time; -1 pads short rows."""
+def search(
+    target: faiss.Index | np.ndarray, query_embeddings: np.ndarray, k: int, chunk_size: int = 50_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, row indices) of each query by inner product, best first: the one nearest-neighbour search
+    of the package.
+
+    ``target`` is a faiss index (searched ``chunk_size`` queries at a time; -1 pads rows an approximate index cannot
+    fill) or an embedding matrix, e.g. a memory-mapped ``embeddings.npy``, searched exactly ``chunk_size`` rows at a
+    time (memory: one chunk plus the results).
+    """
+    queries = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+    if isinstance(target, faiss.Index):
+        return _search_index(target, queries, k, chunk_size)
+    return _search_exact(queries, target, k, chunk_size)
+
+
+def _search_index(index: faiss.Index, queries: np.ndarray, k: int, chunk_size: int):
     k = min(k, index.ntotal)
-    scores = np.empty((len(query_embeddings), k), dtype=np.float32)
-    rows = np.empty((len(query_embeddings), k), dtype=np.int64)
-    for start in range(0, len(query_embeddings), chunk_size):
-        chunk = np.ascontiguousarray(query_embeddings[start : start + chunk_size], dtype=np.float32)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk_size):
+        chunk = queries[start : start + chunk_size]
         scores[start : start + len(chunk)], rows[start : start + len(chunk)] = index.search(chunk, k)
     return scores, rows
 
 
-def chunked_knn(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int = 50_000):
-    """Exact inner-product top-``k`` over a corpus read ``chunk_size`` rows at a time (memory: one chunk + results).
-
-    Returns (scores, row indices) sorted by decreasing score."""
+def _search_exact(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int):
     k = min(k, len(corpus))
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for start in range(0, len(corpus), chunk_size):
         chunk = np.ascontiguousarray(corpus[start : start + chunk_size], dtype=np.float32)
@@ -100,6 +116,29 @@ def chunked_knn(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int
         heap.add_result(scores, rows + start)
     heap.finalize()
     return heap.D, heap.I
+
+
+def auto_factory(count: int, exact_limit: int = EXACT_SEARCH_LIMIT) -> str:
+    """``index_factory`` for ``--index_factory auto``: exact ("Flat") up to ``exact_limit`` products; above it an
+    inverted file with about 4 * sqrt(count) lists (a power of two; faiss's guideline), vectors stored in full."""
+    if count <= exact_limit:
+        return "Flat"
+    return f"IVF{2 ** round(math.log2(4 * math.sqrt(count)))},Flat"
+
+
+def recall_against_exact(
+    index: faiss.Index, embeddings: np.ndarray, k: int = 10, queries: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Recall@``k`` of ``index`` against exact search, with a seeded sample of the catalogue's own embeddings as
+    queries (no real queries exist at build time; each sampled product is its own top hit in both)."""
+    rows = np.sort(
+        np.random.default_rng(seed).choice(len(embeddings), size=min(queries, len(embeddings)), replace=False)
+    )
+    sample = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+    _, exact = search(embeddings, sample, k)
+    _, approximate = search(index, sample, k)
+    found = [len(set(a[a >= 0].tolist()) & set(e.tolist())) / e.size for a, e in zip(approximate, exact, strict=True)]
+    return {f"recall@{k}": round(float(np.mean(found)), 4), "queries": len(rows), "queries_from": "catalogue sample"}
 
 
 def make_manifest(model: Any, product_ids: Sequence[str], texts: Sequence[str], index: faiss.Index, factory: str):
@@ -126,12 +165,12 @@ def save_index(
     """Write the index folder atomically: a reader sees the old folder or the complete new one."""
     if index.ntotal != len(product_ids):
         raise ValueError(f"the index holds {index.ntotal} vectors for {len(product_ids)} product ids")
-    products = pd.DataFrame({"product_id": list(map(str, product_ids))})
-    products["product_text"] = list(texts) if texts is not None else ""
+    texts = list(texts) if texts is not None else [""] * len(product_ids)
+    products = pa.table({"product_id": pa.array(list(map(str, product_ids))), "product_text": pa.array(texts)})
     with atomic_path(folder) as temporary:
         temporary.mkdir(parents=True)
         faiss.write_index(index, str(temporary / INDEX_FILE))
-        products.to_parquet(temporary / PRODUCTS_FILE, index=False)
+        pq.write_table(products, temporary / PRODUCTS_FILE)
         (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return Path(folder)
 
@@ -140,8 +179,31 @@ def save_index(
 class LoadedIndex:
     index: faiss.Index
     product_ids: list[str]
-    texts: list[str]
+    texts: Sequence[str]  # read from the Arrow column on access: evaluation never needs 1.8M Python strings
     manifest: dict[str, Any]
+
+
+class ArrowStrings(Sequence[str]):
+    """A read-only sequence of the strings of one parquet column, read on first access and converted one item at a
+    time (evaluation, which never shows product texts, never reads them)."""
+
+    def __init__(self, path: Path, column: str):
+        self.path, self.name = path, column
+        self._column: pa.ChunkedArray | None = None
+
+    @property
+    def column(self) -> pa.ChunkedArray:
+        if self._column is None:
+            self._column = pq.read_table(self.path, columns=[self.name]).column(0)
+        return self._column
+
+    def __len__(self) -> int:
+        return pq.ParquetFile(self.path).metadata.num_rows if self._column is None else len(self._column)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [value.as_py() for value in self.column[item]]
+        return self.column[item].as_py()
 
 
 def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
@@ -152,7 +214,7 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
             raise UserInputError(f"{folder}: not an index folder ({name} is missing); build one with index.py")
     manifest = read_manifest(folder)
     index = faiss.read_index(str(folder / INDEX_FILE))
-    products = pd.read_parquet(folder / PRODUCTS_FILE)
+    products = pq.read_table(folder / PRODUCTS_FILE, columns=["product_id"])
     if not index.ntotal == len(products) == manifest.get("count"):
         raise UserInputError(
             f"{folder}: {index.ntotal} vectors in {INDEX_FILE}, {len(products)} rows in {PRODUCTS_FILE}, "
@@ -160,7 +222,8 @@ def load_index(folder: str | Path, model: Any = None) -> LoadedIndex:
         )
     if model is not None:
         check_model_matches(manifest, model, folder)
-    return LoadedIndex(index, products["product_id"].tolist(), products["product_text"].tolist(), manifest)
+    product_ids = products.column("product_id").to_pylist()
+    return LoadedIndex(index, product_ids, ArrowStrings(folder / PRODUCTS_FILE, "product_text"), manifest)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -240,15 +303,21 @@ def build_catalogue_index(
     accelerator: Any = None,
 ) -> Path | None:
     """Encode the catalogue (sharded across processes, resumable through ``cache_dir``) and write the index folder
-    from the main process. Returns the folder (``None`` on the other processes)."""
+    from the main process. ``factory="auto"`` picks exact or IVF search by size (``auto_factory``); an approximate
+    index's recall@10 against exact search is measured and kept in the manifest. Returns the folder (``None`` on
+    the other processes)."""
+    check_output_path(output_dir, "--output_dir")
     embeddings = encode_catalogue(
         model, product_ids, texts, cache_dir, chunk_size, batch_size, bf16, accelerator=accelerator
     )
     if accelerator is not None and not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
+    factory = auto_factory(len(product_ids)) if factory == AUTO_FACTORY else factory
     index = build_index(embeddings, factory, chunk_size=chunk_size)
-    folder = save_index(output_dir, index, product_ids, make_manifest(model, product_ids, texts, index, factory), texts)
+    manifest = make_manifest(model, product_ids, texts, index, factory)
+    manifest["recall_vs_exact"] = None if factory == "Flat" else recall_against_exact(index, embeddings)
+    folder = save_index(output_dir, index, product_ids, manifest, texts)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return folder

@@ -30,6 +30,7 @@ product in the query's nearest-neighbour list over the whole catalogue), ``score
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,11 +45,46 @@ import pandas as pd
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
 from ..labels import LABELS, POSITIVE_LABELS_BY_STAGE
+from .catalogue import DEFAULT_CACHE_DIR, load_catalogue
 from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
-from .indexing import chunked_knn
+from .indexing import search
 
 COLUMNS = ["query_id", "product_id", "rank", "score", "positive_score"]
-DEFAULT_CACHE_DIR = ".cache/ttsn_hf/embeddings"
+
+
+@dataclass
+class MiningSettings:
+    """Every setting of a mining run: the selection rules (module docstring) and how the catalogue is encoded."""
+
+    num_negatives: int = 10
+    margin: float | None = None
+    relative_margin: float | None = 0.05
+    range_min: int = 0
+    range_max: int | None = None
+    sampling_strategy: Literal["top", "random"] = "top"
+    seed: int = 42
+    positive_labels: tuple[str, ...] = POSITIVE_LABELS_BY_STAGE[1]
+    excluded_labels: tuple[str, ...] = LABELS
+    positive_reference: Literal["mean", "min"] = "mean"
+    batch_size: int = 256
+    bf16: bool = False
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR
+    chunk_size: int = 50_000
+
+    def selection(self) -> dict[str, Any]:
+        """The settings that decide which negatives are chosen (recorded in the summary)."""
+        return {name: getattr(self, name) for name in SELECTION_SETTINGS}
+
+
+SELECTION_SETTINGS = (
+    "num_negatives", "margin", "relative_margin", "range_min", "range_max", "sampling_strategy", "seed",
+    "positive_reference",
+)  # fmt: skip
+
+
+def _settings(settings: MiningSettings | None, overrides: Mapping[str, Any]) -> MiningSettings:
+    settings = settings or MiningSettings()
+    return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
 @dataclass
@@ -74,12 +110,12 @@ def load_mining_input(source: Any) -> MiningInput:
         stage_queries = _prepared_train_query_ids(folder)
     else:
         data, stage_queries = source, None
-    catalogue = _frame(data.catalogue, ["product_id", "product_text"], "catalogue")
+    catalogue = load_catalogue(data)
     judgements = _frame(data.judgements, ["query_id", "query", "product_id", "esci_label", "split"], "judgements")
     train = judgements.loc[judgements["split"] == "train", "query_id"].drop_duplicates()
     if stage_queries is not None:
         train = train[train.isin(stage_queries)]
-    return MiningInput(catalogue["product_id"].tolist(), catalogue["product_text"].tolist(), judgements, sorted(train))
+    return MiningInput(catalogue.product_ids, catalogue.texts, judgements, sorted(train))
 
 
 def _frame(table: Any, columns: list[str], name: str) -> pd.DataFrame:
@@ -100,57 +136,48 @@ def _prepared_train_query_ids(folder: Path) -> set[str] | None:
         return None
     import datasets
 
-    return {str(query_id) for stage in stage_dirs for query_id in datasets.load_from_disk(stage)["query_id"]}
+    return {
+        str(query_id)
+        for stage in stage_dirs
+        for query_id in datasets.load_from_disk(stage).data.column("query_id").unique().to_pylist()
+    }
 
 
 def mine_hard_negatives(
     model: Any,
     source: Any,
-    num_negatives: int = 10,
-    margin: float | None = None,
-    relative_margin: float | None = 0.05,
-    range_min: int = 0,
-    range_max: int | None = None,
-    sampling_strategy: Literal["top", "random"] = "top",
-    batch_size: int = 256,
-    bf16: bool = False,
-    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
-    chunk_size: int = 50_000,
-    seed: int = 42,
+    settings: MiningSettings | None = None,
     accelerator: Any = None,
     positive_labels: Sequence[str] = POSITIVE_LABELS_BY_STAGE[1],
     excluded_labels: Sequence[str] = LABELS,
     positive_reference: Literal["mean", "min"] = "mean",
+    **overrides: Any,
 ) -> pd.DataFrame:
     """Mine hard negatives for the training queries of ``source`` (see ``load_mining_input``) with ``model``.
 
-    The catalogue embeddings are cached under ``cache_dir`` (keyed by model and catalogue) and encoded in chunks,
-    sharded over the ``accelerator``'s processes; every process returns the same frame. The frame's
-    ``attrs["summary"]`` holds the settings and counts that ``write_hard_negatives`` stores beside it.
+    ``settings`` (default ``MiningSettings()``), with any field overridden by keyword. The catalogue embeddings are
+    cached under ``settings.cache_dir`` (keyed by model and catalogue) and encoded in chunks, sharded over the
+    ``accelerator``'s processes; every process returns the same frame. The frame's ``attrs["summary"]`` holds the
+    settings and counts that ``write_hard_negatives`` stores beside it.
     """
+    settings = _settings(settings, overrides)
     data = source if isinstance(source, MiningInput) else load_mining_input(source)
+    encoding = dict(batch_size=settings.batch_size, bf16=settings.bf16)
     product_embeddings = encode_catalogue(
-        model, data.product_ids, data.product_texts, cache_dir, chunk_size, batch_size, bf16, accelerator
-    )
+        model, data.product_ids, data.product_texts, settings.cache_dir, settings.chunk_size, **encoding,
+        accelerator=accelerator,
+    )  # fmt: skip
     queries = data.judgements.drop_duplicates("query_id").set_index("query_id")["query"]
     query_ids = data.train_query_ids
-    query_embeddings = model.encode_queries(queries.loc[query_ids].tolist(), batch_size=batch_size, bf16=bf16)
+    query_embeddings = model.encode_queries(queries.loc[query_ids].tolist(), **encoding)
     negatives = select_hard_negatives(
         query_embeddings,
         product_embeddings,
         query_ids,
         data.product_ids,
-        positives_by_query=_products_by_query(data.judgements, positive_labels),
-        judged_by_query=_products_by_query(data.judgements, excluded_labels),
-        num_negatives=num_negatives,
-        margin=margin,
-        relative_margin=relative_margin,
-        range_min=range_min,
-        range_max=range_max,
-        sampling_strategy=sampling_strategy,
-        seed=seed,
-        chunk_size=chunk_size,
-        positive_reference=positive_reference,
+        positives_by_query=_products_by_query(data.judgements, settings.positive_labels),
+        judged_by_query=_products_by_query(data.judgements, settings.excluded_labels),
+        settings=settings,
     )
     negatives.attrs["summary"] = {
         **negatives.attrs["summary"],
@@ -159,9 +186,9 @@ def mine_hard_negatives(
         "catalogue_fingerprint": catalogue_fingerprint(data.product_ids, data.product_texts),
         "catalogue_size": len(data.product_ids),
         "training_queries": len(query_ids),
-        "positive_labels": list(positive_labels),
-        "excluded_labels": list(excluded_labels),
-        "bf16": bf16,
+        "positive_labels": list(settings.positive_labels),
+        "excluded_labels": list(settings.excluded_labels),
+        "bf16": settings.bf16,
     }
     return negatives
 
@@ -178,55 +205,57 @@ def select_hard_negatives(
     product_ids: Sequence[str],
     positives_by_query: Mapping[str, set[str]],
     judged_by_query: Mapping[str, set[str]],
-    num_negatives: int = 10,
-    margin: float | None = None,
-    relative_margin: float | None = 0.05,
-    range_min: int = 0,
-    range_max: int | None = None,
-    sampling_strategy: Literal["top", "random"] = "top",
-    seed: int = 42,
-    chunk_size: int = 50_000,
-    positive_reference: Literal["mean", "min"] = "mean",
+    settings: MiningSettings | None = None,
+    **overrides: Any,
 ) -> pd.DataFrame:
     """The mining core on embeddings (L2-normalised: inner product = cosine); see the module docstring.
 
     ``positives_by_query`` sets the margin's reference score; ``judged_by_query`` lists products never to return
-    (it should include the positives). Returns the ``COLUMNS`` frame sorted by query id and rank.
+    (it should include the positives). ``settings`` as in ``mine_hard_negatives``. Returns the ``COLUMNS`` frame
+    sorted by query id and rank.
     """
-    _check_settings(num_negatives, range_min, sampling_strategy, positive_reference)
+    s = _settings(settings, overrides)
+    _check_settings(s.num_negatives, s.range_min, s.sampling_strategy, s.positive_reference)
     row_of = {product_id: row for row, product_id in enumerate(product_ids)}
     excluded = [
         _rows(judged_by_query.get(qid, ()), row_of) | _rows(positives_by_query.get(qid, ()), row_of)
         for qid in query_ids
     ]
     positive_scores = _positive_scores(
-        query_embeddings, product_embeddings, query_ids, positives_by_query, row_of, positive_reference
+        query_embeddings, product_embeddings, query_ids, positives_by_query, row_of, s.positive_reference
     )
-    uses_margin = margin is not None or relative_margin is not None
+    uses_margin = s.margin is not None or s.relative_margin is not None
     most_excluded = max((len(rows) for rows in excluded), default=0)
+    range_max = s.range_max
     if range_max is None:
-        range_max = range_min + (10 if uses_margin else 1) * num_negatives + most_excluded
-    _check_range(num_negatives, range_min, range_max)
-    scores, rows = chunked_knn(query_embeddings, product_embeddings, range_max + most_excluded, chunk_size)
-    tie_order = np.argsort(np.argsort(np.asarray(product_ids, dtype=object), kind="stable"), kind="stable")
+        range_max = s.range_min + (10 if uses_margin else 1) * s.num_negatives + most_excluded
+    _check_range(s.num_negatives, s.range_min, range_max)
+    scores, rows = search(product_embeddings, query_embeddings, range_max + most_excluded, s.chunk_size)
+    tie_order = _tie_order(product_ids)
     records, skipped = [], 0
     for position, query_id in enumerate(query_ids):
         if uses_margin and np.isnan(positive_scores[position]):
             skipped += 1
             continue
-        threshold = _threshold(positive_scores[position], margin, relative_margin)
+        threshold = _threshold(positive_scores[position], s.margin, s.relative_margin)
         valid = _valid_candidates(scores[position], rows[position], tie_order, excluded[position], threshold)
-        chosen = _choose(valid, num_negatives, range_min, range_max, sampling_strategy, seed, query_id)
+        chosen = _choose(valid, s.num_negatives, s.range_min, range_max, s.sampling_strategy, s.seed, query_id)
         records += [(query_id, product_ids[row], rank, score, positive_scores[position]) for rank, row, score in chosen]
     negatives = pd.DataFrame.from_records(records, columns=COLUMNS).astype(
         {"query_id": str, "product_id": str, "rank": np.int64, "score": np.float32, "positive_score": np.float32}
     )
     negatives = negatives.sort_values(["query_id", "rank"], kind="stable").reset_index(drop=True)
-    settings = dict(num_negatives=num_negatives, margin=margin, relative_margin=relative_margin)
-    settings |= dict(range_min=range_min, range_max=range_max, sampling_strategy=sampling_strategy, seed=seed)
-    settings |= dict(positive_reference=positive_reference)
-    negatives.attrs["summary"] = {**settings, **_counts(negatives, len(query_ids), skipped, num_negatives)}
+    summary = {**s.selection(), "range_max": range_max}
+    negatives.attrs["summary"] = {**summary, **_counts(negatives, len(query_ids), skipped, s.num_negatives)}
     return negatives
+
+
+def _tie_order(product_ids: Sequence[str]) -> np.ndarray:
+    """Each row's position in product-id order (ties in score are broken by product id)."""
+    order = np.argsort(np.asarray(product_ids, dtype=str), kind="stable")
+    positions = np.empty(len(order), dtype=np.int64)
+    positions[order] = np.arange(len(order))
+    return positions
 
 
 def _check_settings(num_negatives: int, range_min: int, sampling_strategy: str, positive_reference: str) -> None:
@@ -334,9 +363,16 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def mine_to_file(model: Any, source: Any, output: str | Path, accelerator: Any = None, **settings: Any) -> Path:
+def mine_to_file(
+    model: Any,
+    source: Any,
+    output: str | Path,
+    accelerator: Any = None,
+    settings: MiningSettings | None = None,
+    **overrides: Any,
+) -> Path:
     """``mine_hard_negatives`` then ``write_hard_negatives`` (from the main process only); returns ``output``."""
-    negatives = mine_hard_negatives(model, source, accelerator=accelerator, **settings)
+    negatives = mine_hard_negatives(model, source, settings, accelerator=accelerator, **overrides)
     if accelerator is None or accelerator.is_main_process:
         write_hard_negatives(negatives, output)
     if accelerator is not None:
