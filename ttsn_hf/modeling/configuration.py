@@ -15,6 +15,8 @@ class TwoTowerConfig(PretrainedConfig):
         tie_towers: one encoder for both towers (default); ``False`` trains a separate product encoder.
         query_max_length / product_max_length: token limits of each tower.
         base_model_name_or_path: where the encoder weights came from (for model cards).
+        packed_sequences: run only real tokens through the encoder, packed into rows (no pad tokens); ``False``:
+            padded batches.
     """
 
     model_type = "two_tower"
@@ -26,6 +28,7 @@ class TwoTowerConfig(PretrainedConfig):
         query_max_length: int = 32,
         product_max_length: int = 128,
         base_model_name_or_path: str | None = None,
+        packed_sequences: bool = False,
         **kwargs,
     ):
         self.encoder_config = encoder_config or {}
@@ -33,6 +36,7 @@ class TwoTowerConfig(PretrainedConfig):
         self.query_max_length = query_max_length
         self.product_max_length = product_max_length
         self.base_model_name_or_path = base_model_name_or_path
+        self.packed_sequences = packed_sequences
         super().__init__(**kwargs)
 
     @property
