@@ -22,7 +22,7 @@ from ..errors import UserInputError
 from .configuration import TwoTowerConfig
 from .hub import ensure_hub_reachable
 from .model_card import write_model_card
-from .packing import packed_mean_embeddings
+from .packing import can_pack, packed_mean_embeddings
 from .pretrained import default_base_model, recorded_name, resolve_pretrained
 from .sentence_transformers_export import ENCODER_DIR, PRODUCT_ENCODER_DIR, write_sentence_transformers_files
 
@@ -150,8 +150,8 @@ class TwoTowerModel(PreTrainedModel):
     ) -> torch.Tensor:
         """L2-normalised mean-pooled embeddings of a padded batch; ``packed`` (default: the config's
         ``packed_sequences``) runs only the real tokens through the encoder, packed into rows (:mod:`.packing`)."""
-        packed = getattr(self.config, "packed_sequences", False) if packed is None else packed
-        if packed:
+        packed = getattr(self.config, "packed_sequences", True) if packed is None else packed
+        if packed and can_pack(self._tower(tower)):
             pooled = packed_mean_embeddings(self._tower(tower), input_ids, attention_mask)
         else:
             hidden = self._tower(tower)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -191,7 +191,7 @@ class TwoTowerModel(PreTrainedModel):
     ) -> np.ndarray:
         """L2-normalised float32 embeddings. Padded: batches sorted by token length (little padding); packed
         (default: the config's ``packed_sequences``): batches in the given order, whose mixed lengths pack densely."""
-        packed = getattr(self.config, "packed_sequences", False) if packed is None else packed
+        packed = getattr(self.config, "packed_sequences", True) if packed is None else packed
         max_length = self.config.query_max_length if tower == "query" else self.config.product_max_length
         input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
         order = np.arange(len(texts)) if packed else np.argsort([-len(ids) for ids in input_ids], kind="stable")

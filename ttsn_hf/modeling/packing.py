@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 DEFAULT_ROW_CAPACITY = 128
+PACKABLE_ATTENTION = ("sdpa", "eager")  # they take a 4D mask; flash-attention's varlen path would need its own
+
+
+def can_pack(encoder: nn.Module) -> bool:
+    return getattr(encoder.config, "_attn_implementation", "sdpa") in PACKABLE_ATTENTION
 
 
 @dataclass
