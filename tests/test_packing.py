@@ -112,3 +112,19 @@ def test_encode_packed_matches_padded_and_follows_the_config(tiny_encoder_dir):
     np.testing.assert_allclose(packed, padded, atol=1e-5)
     model.config.packed_sequences = True
     np.testing.assert_allclose(model.encode_products(TEXTS, batch_size=3), packed, atol=0)
+
+
+def test_packed_sequences_flag_defaults_on_and_can_be_turned_off():
+    from ttsn_hf.arguments import ModelArguments, parse_args
+
+    (default,) = parse_args((ModelArguments,), [])
+    (padded,) = parse_args((ModelArguments,), ["--packed_sequences", "false"])
+    assert default.packed_sequences is True and padded.packed_sequences is False
+
+
+def test_saved_model_keeps_its_packing_choice(tiny_encoder_dir, tmp_path):
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    assert model.config.packed_sequences is True
+    model.config.packed_sequences = False
+    model.save_pretrained(tmp_path / "saved")
+    assert TwoTowerModel.from_pretrained(tmp_path / "saved").config.packed_sequences is False
