@@ -4,8 +4,12 @@ MultipleNegativesRankingLoss, on the same pairs, model, batch size, max lengths,
 Both train on the same E+S positive (query, product text) pairs of stage 1 of the ESCI sample (MNRL takes
 (anchor, positive) pairs) for the same epochs, so both take the same optimizer steps. A run is timed from the start
 of its first epoch to its last optimizer step (Trainer set-up excluded), after an untimed warm-up step per precision.
-ttsn_hf runs twice: with its default length-grouped batches and with random batches (sentence-transformers'
-default), which separates the padding lever from the rest. Then one profile of ttsn_hf's steps: where the time goes.
+Each library runs at its best: sentence-transformers with random batches and with length-grouped batches (a
+``batch_sampler`` callable around transformers' ``get_length_grouped_indices``, the same grouping as ttsn_hf's);
+ttsn_hf padded (random, length-grouped) and packed (no pad tokens through the encoder; random, length-grouped).
+Achieved model FLOP/s (3x the forward FLOPs of the real tokens) are reported as a fraction of this machine's
+measured matmul rate. A loss check first: on one batch, ttsn_hf's packed in-batch InfoNCE equals
+sentence-transformers' MultipleNegativesRankingLoss. Then one profile of ttsn_hf's steps: where the time goes.
 
     python bench/bench_training.py [--device cpu|cuda] [--bf16] [--threads 2] [--max_pairs 0] [--output FILE]
 
@@ -28,28 +32,42 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import datasets  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, print_table, write_json  # noqa: E402
-from transformers import AutoModel, TrainerCallback  # noqa: E402
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices  # noqa: E402
+from benchlib import (  # noqa: E402
+    RESULTS,
+    SAMPLE_DIR,
+    encoder_forward_flops,
+    load_now,
+    machine,
+    matmul_rate,
+    print_table,
+    write_json,
+)
+from transformers import AutoConfig, AutoModel, TrainerCallback  # noqa: E402
+from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 
 from ttsn_hf.arguments import TwoTowerTrainingArguments  # noqa: E402
 from ttsn_hf.data.esci import load_esci  # noqa: E402
 from ttsn_hf.data.groups import build_groups  # noqa: E402
 from ttsn_hf.data.stages import build_stage  # noqa: E402
 from ttsn_hf.losses import CombinedLoss  # noqa: E402
+from ttsn_hf.losses.in_batch_infonce import InBatchInfoNCELoss  # noqa: E402
 from ttsn_hf.modeling.model import TwoTowerModel, default_base_model  # noqa: E402
 from ttsn_hf.modeling.pretrained import resolve_pretrained  # noqa: E402
 from ttsn_hf.training.collator import TwoTowerCollator, tokenize_groups  # noqa: E402
 from ttsn_hf.training.run import known_positives  # noqa: E402
 from ttsn_hf.training.trainer import LOSS_INPUTS, MODEL_INPUTS, TwoTowerTrainer  # noqa: E402
 
-SYSTEMS = ("sentence_transformers", "ttsn_hf", "ttsn_hf_random", "ttsn_hf_proposed_sampler")
-SAMPLING = {
-    "sentence_transformers": "random",
-    "ttsn_hf": "group_by_length",
-    "ttsn_hf_random": "random",
-    "ttsn_hf_proposed_sampler": "group_by_length",
-}
+SYSTEMS = (
+    "sentence_transformers",
+    "sentence_transformers_grouped",
+    "ttsn_hf_padded_random",
+    "ttsn_hf_padded_grouped",
+    "ttsn_hf_packed_random",
+    "ttsn_hf_packed_grouped",
+)
+SAMPLING = {system: "group_by_length" if system.endswith("grouped") else "random" for system in SYSTEMS}
+PACKED = {system: "packed" in system for system in SYSTEMS}
+ENCODER_CONFIG = AutoConfig.from_pretrained(resolve_pretrained(default_base_model()))
 
 
 # ---------------------------------------------------------------- data
@@ -75,6 +93,7 @@ class CollateMeter:
         self.collate = collate
         self.real: dict[str, int] = defaultdict(int)
         self.padded: dict[str, int] = defaultdict(int)
+        self.lengths: list[int] = []
         self.seconds = 0.0
 
     def __getattr__(self, name):  # sentence-transformers reads attributes of its collator
@@ -89,6 +108,7 @@ class CollateMeter:
                 tower = "query" if key.startswith(("query", "anchor")) else "product"
                 self.real[tower] += int(value.sum())
                 self.padded[tower] += value.numel()
+                self.lengths += value.sum(dim=1).tolist()
         return batch
 
     def padding_waste(self) -> dict[str, float]:
@@ -129,42 +149,6 @@ class StepTimer(TrainerCallback):
         return self.marks[-1][1] - self.marks[0][1]
 
 
-# ---------------------------------------------------------------- a proposed sampler (not in ttsn_hf yet)
-
-
-class ShuffledLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped batches from mega-batches of 50 batches, in shuffled batch order (the longest batch first).
-
-    transformers shrinks its mega-batches to a quarter of a small dataset (8 batches for the sample's 2,176 pairs),
-    which leaves 18% of the product tokens as padding; 50 batches leave 4%. Shuffling the batches keeps each epoch
-    from running from the longest products to the shortest.
-    """
-
-    def __iter__(self):
-        indices = get_length_grouped_indices(
-            self.lengths, self.batch_size, mega_batch_mult=50, generator=self.generator
-        )
-        full = len(indices) // self.batch_size
-        if full <= 1:
-            return iter(indices)
-        middle = (torch.randperm(full - 1, generator=self.generator) + 1).tolist()
-        order = [0, *middle] + ([full] if len(indices) > full * self.batch_size else [])  # a short batch stays last
-        return iter(
-            [index for batch in order for index in indices[batch * self.batch_size : (batch + 1) * self.batch_size]]
-        )
-
-
-class ProposedSamplerTrainer(TwoTowerTrainer):
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if not isinstance(sampler, LengthGroupedSampler):
-            return sampler
-        # a list: indexing a datasets Column one item at a time is ~90x slower
-        return ShuffledLengthGroupedSampler(
-            sampler.batch_size, lengths=list(sampler.lengths), generator=sampler.generator
-        )
-
-
 # ---------------------------------------------------------------- the two trainers
 
 
@@ -188,14 +172,12 @@ def common_arguments(args: argparse.Namespace, precision: str, output_dir: str, 
     )
 
 
-def ttsn_trainer(
-    rows, known, args, precision: str, output_dir: str, sampling: str, proposed: bool = False
-) -> TwoTowerTrainer:
+def ttsn_trainer(rows, known, args, precision: str, output_dir: str, sampling: str, packed: bool) -> TwoTowerTrainer:
     model = TwoTowerModel.from_encoder(default_base_model(), query_max_length=32, product_max_length=128)
+    model.config.packed_sequences = packed
     dataset = tokenize_groups(build_groups(rows), model.tokenizer, 32, 128, known)
     training_args = TwoTowerTrainingArguments(**common_arguments(args, precision, output_dir, sampling))
-    trainer_class = ProposedSamplerTrainer if proposed else TwoTowerTrainer
-    return trainer_class(
+    return TwoTowerTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
@@ -204,7 +186,19 @@ def ttsn_trainer(
     )
 
 
-def sentence_transformers_trainer(rows, args, precision: str, output_dir: str):
+def length_grouped_batch_sampler(lengths: list[int]):
+    """A sentence-transformers ``batch_sampler`` callable: transformers' length grouping (the sampler ttsn_hf's
+    Trainer uses for ``group_by_length``) over the positives' token lengths, in ST's batch sampler."""
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+
+    def batch_sampler(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        return DefaultBatchSampler(sampler, batch_size=batch_size, drop_last=drop_last, generator=generator, seed=seed)
+
+    return batch_sampler
+
+
+def sentence_transformers_trainer(rows, args, precision: str, output_dir: str, sampling: str):
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
@@ -212,10 +206,17 @@ def sentence_transformers_trainer(rows, args, precision: str, output_dir: str):
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    model = SentenceTransformer(resolve_pretrained(default_base_model()), device=args.device)
+    model = SentenceTransformer(str(resolve_pretrained(default_base_model())), device=args.device)
     model.max_seq_length = 128  # as ttsn_hf's product tower; queries are at most 16 tokens here
     dataset = datasets.Dataset.from_dict({"anchor": list(rows["query"]), "positive": list(rows["product_text"])})
-    training_args = SentenceTransformerTrainingArguments(**common_arguments(args, precision, output_dir, "random"))
+    arguments = common_arguments(args, precision, output_dir, "random")
+    if sampling == "group_by_length":
+        lengths = [
+            len(ids)
+            for ids in model.tokenizer(list(rows["product_text"]), truncation=True, max_length=128)["input_ids"]
+        ]
+        arguments["batch_sampler"] = length_grouped_batch_sampler(lengths)
+    training_args = SentenceTransformerTrainingArguments(**arguments)
     return SentenceTransformerTrainer(
         model=model,
         args=training_args,
@@ -225,13 +226,12 @@ def sentence_transformers_trainer(rows, args, precision: str, output_dir: str):
 
 
 def build_trainer(system: str, rows, known, args, precision: str, output_dir: str):
-    if system == "sentence_transformers":
-        return sentence_transformers_trainer(rows, args, precision, output_dir)
-    proposed = system == "ttsn_hf_proposed_sampler"
-    return ttsn_trainer(rows, known, args, precision, output_dir, SAMPLING[system], proposed)
+    if system.startswith("sentence_transformers"):
+        return sentence_transformers_trainer(rows, args, precision, output_dir, SAMPLING[system])
+    return ttsn_trainer(rows, known, args, precision, output_dir, SAMPLING[system], PACKED[system])
 
 
-def time_training(system: str, rows, known, args, precision: str) -> dict:
+def time_training(system: str, rows, known, args, precision: str, matmul: dict) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = build_trainer(system, rows, known, args, precision, output_dir)
         meter = CollateMeter(trainer.data_collator)
@@ -239,14 +239,16 @@ def time_training(system: str, rows, known, args, precision: str) -> dict:
         timer = StepTimer(args.device)
         trainer.add_callback(timer)
         load_before = load_now()
-        trainer.train()
+        output = trainer.train()
     steps = timer.step_seconds()
     seconds = sum(steps)
     cpu_seconds = timer.cpu_seconds()
+    model_flops = 3 * encoder_forward_flops(ENCODER_CONFIG, meter.lengths)  # forward + backward (2x forward)
     return {
         "system": system,
         "precision": precision,
         "sampling": SAMPLING[system],
+        "packed": PACKED[system],
         "pairs": len(rows),
         "steps": len(steps),
         "seconds": round(seconds, 3),
@@ -257,6 +259,11 @@ def time_training(system: str, rows, known, args, precision: str) -> dict:
         "step_seconds": [round(step, 3) for step in steps],
         "collate_share": round(meter.seconds / seconds, 4),
         "padding_waste": meter.padding_waste(),
+        "training_loss": round(output.training_loss, 4),
+        "model_flops": model_flops,
+        "model_flop_per_s": round(model_flops / seconds),
+        "fraction_of_matmul_rate": round(model_flops / seconds / matmul["flop_per_s"], 4),
+        "fraction_of_matmul_rate_cpu_time": round(model_flops / cpu_seconds / matmul["flop_per_cpu_s"], 4),
         "torch_threads": timer.threads,
         "load_average_before": load_before,
     }
@@ -271,6 +278,47 @@ def warm_up(args: argparse.Namespace, precision: str) -> None:
     hidden.float().mean().backward()
 
 
+# ---------------------------------------------------------------- loss check
+
+
+def loss_check(rows, args, precision: str) -> dict:
+    """On the first batch of pairs, the same pretrained weights in eval mode: sentence-transformers'
+    MultipleNegativesRankingLoss and ttsn_hf's in-batch InfoNCE on packed embeddings (no masking: MNRL masks
+    nothing) must agree. Proves both sides of the comparison compute the same loss."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    queries, products = list(rows["query"][: args.batch_size]), list(rows["product_text"][: args.batch_size])
+    st_model = SentenceTransformer(str(resolve_pretrained(default_base_model())), device=args.device).eval()
+    st_model.max_seq_length = 128
+    ours = TwoTowerModel.from_encoder(default_base_model(), query_max_length=128, product_max_length=128)
+    ours = ours.to(args.device).eval()
+    features = [
+        {key: value.to(args.device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        for batch in (st_model.preprocess(queries), st_model.preprocess(products))
+    ]
+    with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        st_loss = float(MultipleNegativesRankingLoss(st_model)(features, labels=None))
+        embeddings = [ours.embed(f["input_ids"], f["attention_mask"], packed=True) for f in features]
+        ttsn_loss = float(
+            InBatchInfoNCELoss(mask_false_negatives=False)(
+                *embeddings,
+                positive_index=torch.arange(len(queries), device=args.device),
+                product_keys=torch.arange(len(products), device=args.device),
+                mask_keys=torch.full((len(queries), 1), -1, device=args.device),
+            )
+        )
+    tolerance = 1e-3 if precision == "fp32" else 2e-2
+    return {
+        "precision": precision,
+        "sentence_transformers_mnrl": round(st_loss, 5),
+        "ttsn_hf_packed_infonce": round(ttsn_loss, 5),
+        "abs_difference": abs(st_loss - ttsn_loss),
+        "tolerance": tolerance,
+        "passed": abs(st_loss - ttsn_loss) <= tolerance,
+    }
+
+
 # ---------------------------------------------------------------- profile
 
 
@@ -278,7 +326,7 @@ def profile_steps(rows, known, args, precision: str, sampling: str) -> dict:
     """ttsn_hf's first steps (the longest batch first) split into collate, forward, loss, backward and optimizer,
     plus the top operators of one more step."""
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = ttsn_trainer(rows, known, args, precision, output_dir, sampling)
+        trainer = ttsn_trainer(rows, known, args, precision, output_dir, sampling, packed=True)
         trainer.create_optimizer_and_scheduler(num_training_steps=args.profile_steps)
         batches = iter(trainer.get_train_dataloader())
         model = trainer.model.to(args.device).train()
@@ -353,17 +401,25 @@ def top_operators(profiler, device: str, limit: int = 8) -> list[dict]:
 # ---------------------------------------------------------------- main
 
 
-def speedups(runs: list[dict], system: str, metric: str = "examples_per_s") -> dict[str, float]:
-    """Best ``metric`` of ``system`` over the best of sentence-transformers, per precision."""
-    best = {}
+def best(runs: list[dict], metric: str) -> dict[tuple[str, str], float]:
+    scores: dict[tuple[str, str], float] = {}
     for run in runs:
         key = (run["system"], run["precision"])
-        best[key] = max(best.get(key, 0.0), run[metric])
-    return {
-        precision: round(best[(system, precision)] / best[("sentence_transformers", precision)], 3)
-        for (name, precision) in best
-        if name == system and ("sentence_transformers", precision) in best
-    }
+        scores[key] = max(scores.get(key, 0.0), run[metric])
+    return scores
+
+
+def speedups(runs: list[dict], ours: tuple[str, ...], theirs: tuple[str, ...], metric: str) -> dict[str, dict]:
+    """Per precision: the best of ``ours`` over the best of ``theirs`` (each system's best repeat)."""
+    scores = best(runs, metric)
+    result = {}
+    for precision in dict.fromkeys(run["precision"] for run in runs):
+        mine = {system: scores[(system, precision)] for system in ours if (system, precision) in scores}
+        other = {system: scores[(system, precision)] for system in theirs if (system, precision) in scores}
+        if mine and other:
+            top, anchor = max(mine, key=mine.get), max(other, key=other.get)
+            result[precision] = {"ratio": round(mine[top] / other[anchor], 3), "ours": top, "anchor": anchor}
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,7 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1, help="epochs per run (more for short GPU steps)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per system and precision; the best counts")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--profile_steps", type=int, default=4, help="ttsn_hf steps profiled per precision (0: none)")
+    parser.add_argument("--profile_steps", type=int, default=0, help="ttsn_hf steps profiled per precision (0: none)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", default=str(RESULTS / "training.json"))
     return parser.parse_args(argv)
@@ -394,19 +450,28 @@ def main(argv: list[str] | None = None) -> dict:
     precisions = ["bf16"] if args.bf16 else args.precisions.split(",")
     systems = args.systems.split(",")
     rows, known = load_pairs(args.esci_dir, args.max_pairs or None, args.batch_size, args.seed)
-    runs, profiles = [], []
+    runs, profiles, checks, matmul = [], [], [], {}
     for precision in precisions:
+        checks.append(loss_check(rows, args, precision))
+        print(f"loss check {precision}: {checks[-1]}", flush=True)
         warm_up(args, precision)
+        matmul[precision] = matmul_rate(args.device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        print(f"matmul {precision}: {matmul[precision]['flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
         for repeat in range(args.repeats):
             # interleaved, and reversed every other round, so a change of load hits every system alike
             for system in systems if repeat % 2 == 0 else systems[::-1]:
-                runs.append(time_training(system, rows, known, args, precision))
+                runs.append(time_training(system, rows, known, args, precision, matmul[precision]))
                 print(f"{system} {precision}: {runs[-1]['examples_per_s']} pairs/s", flush=True)
         if args.profile_steps:
-            profiles.append(profile_steps(rows, known, args, precision, "group_by_length"))
+            profiles.append(profile_steps(rows, known, args, precision, "random"))
+    ours = tuple(system for system in systems if system.startswith("ttsn_hf"))
+    theirs = tuple(system for system in systems if system.startswith("sentence_transformers"))
+    passed = {check["precision"]: check["passed"] for check in checks}
+    headline = speedups(runs, ours, theirs, "examples_per_s")
     result = {
         "benchmark": "training",
         "machine": machine(args.device),
+        "load_average_after": load_now(),
         "settings": {
             "pairs": len(rows),
             "batch_size": args.batch_size,
@@ -416,24 +481,30 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": args.threads,
             "repeats": args.repeats,
         },
+        "loss_check": checks,
+        "matmul_rate": matmul,
         "runs": runs,
-        "speedup_vs_sentence_transformers": speedups(runs, "ttsn_hf"),
-        # identical batches to sentence-transformers': far from 1 means the load changed during the measurement
-        "speedup_vs_sentence_transformers_random_batches": speedups(runs, "ttsn_hf_random"),
-        "speedup_vs_sentence_transformers_proposed_sampler": speedups(runs, "ttsn_hf_proposed_sampler"),
+        # ours at its best over sentence-transformers at its best, each precision; only where the loss check passed
+        "speedup_vs_sentence_transformers_best": {
+            precision: value for precision, value in headline.items() if passed.get(precision)
+        },
         # by CPU time: what the work costs, whatever else ran on the cores meanwhile
-        "speedup_vs_sentence_transformers_cpu_time": {
-            system: speedups(runs, system, "examples_per_cpu_s") for system in systems if system != SYSTEMS[0]
+        "speedup_vs_sentence_transformers_best_cpu_time": speedups(runs, ours, theirs, "examples_per_cpu_s"),
+        # identical batches (padded, random) to sentence-transformers': far from 1 means the load changed
+        "noise_check_padded_random_vs_sentence_transformers": speedups(
+            runs, ("ttsn_hf_padded_random",), ("sentence_transformers",), "examples_per_cpu_s"
+        ),
+        "fraction_of_matmul_rate_best": {
+            f"{system} {precision}": value
+            for (system, precision), value in best(runs, "fraction_of_matmul_rate").items()
         },
         "profile": profiles,
     }
-    columns = ["system", "precision", "sampling", "steps", "seconds", "examples_per_s", "examples_per_cpu_s"]
-    print_table(runs, [*columns, "collate_share"])
-    print("speedup_vs_sentence_transformers:", result["speedup_vs_sentence_transformers"])
-    print("by CPU time:", result["speedup_vs_sentence_transformers_cpu_time"])
-    for precision, ratio in result["speedup_vs_sentence_transformers_random_batches"].items():
-        if abs(ratio - 1) > 0.1:
-            print(f"warning: {precision}: identical batches ran {ratio:.2f}x apart: the load changed; rerun")
+    columns = ["system", "precision", "steps", "seconds", "examples_per_s", "examples_per_cpu_s", "training_loss"]
+    print_table(runs, [*columns, "fraction_of_matmul_rate", "fraction_of_matmul_rate_cpu_time"])
+    print("speedup_vs_sentence_transformers_best:", result["speedup_vs_sentence_transformers_best"])
+    print("by CPU time:", result["speedup_vs_sentence_transformers_best_cpu_time"])
+    print("noise check (1.0 expected):", result["noise_check_padded_random_vs_sentence_transformers"])
     for profile in profiles:
         print(f"profile {profile['precision']}: {profile['seconds_per_step']} s/step, {profile['share']}")
     write_json(args.output, result)

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,3 +70,42 @@ def _cell(value: object) -> str:
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- the hardware bound
+
+
+def matmul_rate(device: str, dtype: torch.dtype, tokens: int = 8192, hidden: int = 384, inner: int = 1536) -> dict:
+    """Sustained ``torch.mm`` rate at the encoder's feed-forward shape ([tokens x hidden] @ [hidden x inner]):
+    FLOP per wall second and per process CPU second (the latter holds when other processes share the cores)."""
+    a = torch.randn(tokens, hidden, device=device, dtype=dtype)
+    b = torch.randn(hidden, inner, device=device, dtype=dtype)
+    flops_per_mm = 2 * tokens * hidden * inner
+    for _ in range(3):
+        torch.mm(a, b)
+    best_wall, best_cpu, count = float("inf"), float("inf"), 20
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best_wall = min(best_wall, time.perf_counter() - wall)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+    return {
+        "shape": f"[{tokens} x {hidden}] @ [{hidden} x {inner}]",
+        "dtype": str(dtype).removeprefix("torch."),
+        "flop_per_s": flops_per_mm * count / best_wall,
+        "flop_per_cpu_s": flops_per_mm * count / max(best_cpu, 1e-9),
+    }
+
+
+def encoder_forward_flops(config, lengths: list[int]) -> float:
+    """Model FLOPs of one encoder forward over sequences of these token lengths, counted from the config: per token
+    the Q, K, V and output projections (8 h^2) and the feed-forward (4 h i), per sequence the attention scores and
+    their weighted sum (4 n^2 h), for every layer. Padding excluded: the work any implementation must do."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    tokens = sum(lengths)
+    return float(layers * (tokens * (8 * h * h + 4 * h * i) + sum(4 * n * n * h for n in lengths)))

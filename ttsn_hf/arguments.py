@@ -165,6 +165,10 @@ class ModelArguments:
     tie_towers: bool = field(default=True, metadata={"help": "One encoder for queries and products."})
     query_max_length: int = field(default=32, metadata={"help": "Query token limit."})
     product_max_length: int = field(default=128, metadata={"help": "Product token limit."})
+    packed_sequences: bool = field(
+        default=True,
+        metadata={"help": "Pack real tokens into rows: no pad tokens through the encoder (false: padded batches)."},
+    )
 
 
 @dataclass

@@ -15,6 +15,9 @@ class TwoTowerConfig(PretrainedConfig):
         tie_towers: one encoder for both towers (default); ``False`` trains a separate product encoder.
         query_max_length / product_max_length: token limits of each tower.
         base_model_name_or_path: where the encoder weights came from (for model cards).
+        packed_sequences: run only real tokens through the encoder, packed into rows (no pad tokens; default, measured
+            faster in bench/bench_training.py and bench/bench_encoding.py); ``False``:
+            padded batches.
     """
 
     model_type = "two_tower"
@@ -26,6 +29,7 @@ class TwoTowerConfig(PretrainedConfig):
         query_max_length: int = 32,
         product_max_length: int = 128,
         base_model_name_or_path: str | None = None,
+        packed_sequences: bool = True,
         **kwargs,
     ):
         self.encoder_config = encoder_config or {}
@@ -33,6 +37,7 @@ class TwoTowerConfig(PretrainedConfig):
         self.query_max_length = query_max_length
         self.product_max_length = product_max_length
         self.base_model_name_or_path = base_model_name_or_path
+        self.packed_sequences = packed_sequences
         super().__init__(**kwargs)
 
     @property

@@ -22,6 +22,7 @@ from ..errors import UserInputError
 from .configuration import TwoTowerConfig
 from .hub import ensure_hub_reachable
 from .model_card import write_model_card
+from .packing import can_pack, packed_mean_embeddings
 from .pretrained import default_base_model, recorded_name, resolve_pretrained
 from .sentence_transformers_export import ENCODER_DIR, PRODUCT_ENCODER_DIR, write_sentence_transformers_files
 
@@ -144,9 +145,18 @@ class TwoTowerModel(PreTrainedModel):
     def _tower(self, tower: str) -> PreTrainedModel:
         return self.encoder if tower == "query" or self.config.tie_towers else self.product_encoder
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tower: str = "query") -> torch.Tensor:
-        hidden = self._tower(tower)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tower: str = "query", packed: bool | None = None
+    ) -> torch.Tensor:
+        """L2-normalised mean-pooled embeddings of a padded batch; ``packed`` (default: the config's
+        ``packed_sequences``) runs only the real tokens through the encoder, packed into rows (:mod:`.packing`)."""
+        packed = getattr(self.config, "packed_sequences", True) if packed is None else packed
+        if packed and can_pack(self._tower(tower)):
+            pooled = packed_mean_embeddings(self._tower(tower), input_ids, attention_mask)
+        else:
+            hidden = self._tower(tower)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = mean_pool(hidden, attention_mask)
+        return nn.functional.normalize(pooled, dim=-1)
 
     def forward(
         self,
@@ -177,11 +187,14 @@ class TwoTowerModel(PreTrainedModel):
         batch_size: int = 256,
         bf16: bool = False,
         show_progress_bar: bool | None = None,
+        packed: bool | None = None,
     ) -> np.ndarray:
-        """L2-normalised float32 embeddings, in batches sorted by token length (little padding)."""
+        """L2-normalised float32 embeddings. Padded: batches sorted by token length (little padding); packed
+        (default: the config's ``packed_sequences``): batches in the given order, whose mixed lengths pack densely."""
+        packed = getattr(self.config, "packed_sequences", True) if packed is None else packed
         max_length = self.config.query_max_length if tower == "query" else self.config.product_max_length
         input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        order = np.argsort([-len(ids) for ids in input_ids], kind="stable")
+        order = np.arange(len(texts)) if packed else np.argsort([-len(ids) for ids in input_ids], kind="stable")
         embeddings = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         was_training = self.training
         self.eval()
@@ -193,7 +206,7 @@ class TwoTowerModel(PreTrainedModel):
             batch = self.tokenizer.pad({"input_ids": [input_ids[i] for i in rows]}, return_tensors="pt")
             batch = batch.to(self.device)
             with _autocast(self.device, bf16):
-                embedded = self.embed(batch["input_ids"], batch["attention_mask"], tower)
+                embedded = self.embed(batch["input_ids"], batch["attention_mask"], tower, packed=packed)
             embeddings[rows] = embedded.float().cpu().numpy()
         self.train(was_training)
         return embeddings

@@ -202,6 +202,7 @@ class TrainingRun:
             model = self.base_model()
         else:
             model = TwoTowerModel.from_pretrained(self.epoch_folder(stage.epochs[0] - 1, stage))
+        model.config.packed_sequences = self.model_args.packed_sequences
         model.config.training = self.training_record()
         return model
 
