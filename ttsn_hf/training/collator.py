@@ -35,7 +35,7 @@ def tokenize_groups(
 ) -> datasets.Dataset:
     """Add token ids, label weights and product keys to query groups (:func:`ttsn_hf.data.groups.build_groups`):
     the positive's, and a list of them for the pool. ``mask_keys`` lists the query's known positives, which the
-    in-batch loss never treats as negatives. ``teacher_scores(query_id, product_ids)`` adds the teacher's score of
+    in-batch loss never treats as negatives. ``teacher_scores(query, product_texts)`` adds the teacher's score of
     the positive and of each pool product (``teacher_scores`` column: positive first). Cached by ``datasets`` for
     datasets loaded from disk."""
 
@@ -58,8 +58,8 @@ def tokenize_groups(
         }
         if teacher_scores is not None:
             columns["teacher_scores"] = [
-                teacher_scores(qid, [pid, *pool])
-                for qid, pid, pool in zip(batch["query_id"], batch["product_id"], batch["pool_ids"], strict=True)
+                teacher_scores(query, [text, *pool])
+                for query, text, pool in zip(batch["query"], batch["product_text"], batch["pool_texts"], strict=True)
             ]
         return columns
 
