@@ -39,14 +39,16 @@ def test_scores_are_cached_and_reused_and_match_sentence_transformers(groups, ti
     assert again("dog toy", ["Cat litter"]) == teacher("dog toy", ["Cat litter"])
 
 
+def perturbed_copy(folder: Path, target: Path) -> Path:
+    shutil.copytree(folder, target)
+    weights = load_file(target / "model.safetensors")
+    changed = {name: tensor + 0.05 * torch.randn_like(tensor) for name, tensor in weights.items()}
+    save_file(changed, target / "model.safetensors")
+    return target
+
+
 def test_another_teacher_invalidates_the_cache(groups, tiny_encoder_dir, tmp_path):
-    other = tmp_path / "other_teacher"
-    shutil.copytree(tiny_encoder_dir, other)
-    weights = load_file(other / "model.safetensors")
-    save_file(
-        {name: tensor + 0.05 * torch.randn_like(tensor) for name, tensor in weights.items()},
-        other / "model.safetensors",
-    )
+    other = perturbed_copy(tiny_encoder_dir, tmp_path / "other_teacher")
     assert teacher_fingerprint(str(other)) != teacher_fingerprint(str(tiny_encoder_dir))
     assert teacher_fingerprint("org/model", "abc") != teacher_fingerprint("org/model", "def")
     first = TeacherScorer(str(tiny_encoder_dir), tmp_path / "cache").score_groups(groups)
@@ -57,11 +59,12 @@ def test_another_teacher_invalidates_the_cache(groups, tiny_encoder_dir, tmp_pat
 
 def test_train_py_distils_from_a_teacher_with_pseudo_queries(esci_sample, tiny_encoder_dir, tmp_path):
     repo = Path(__file__).resolve().parents[1]
+    teacher = perturbed_copy(tiny_encoder_dir, tmp_path / "teacher_model")  # the student's own weights agree: 0 loss
     args = [
         "--esci_dir", esci_sample, "--model_name_or_path", tiny_encoder_dir, "--output_dir", tmp_path / "run",
         "--stage", "1", "--stage_epochs", "1,1,1", "--max_train_samples", 64, "--max_eval_samples", 32,
         "--per_device_train_batch_size", 16, "--logging_steps", 1, "--selection_corpus_size", 300,
-        "--pseudo_queries", 40, "--teacher_model_name_or_path", tiny_encoder_dir, "--distillation_weight", 2.0,
+        "--pseudo_queries", 40, "--teacher_model_name_or_path", teacher, "--distillation_weight", 2.0,
         "--teacher_cache_dir", tmp_path / "teacher",
     ]  # fmt: skip
     result = subprocess.run([sys.executable, str(repo / "train.py"), *map(str, args)], capture_output=True, text=True)
@@ -72,4 +75,4 @@ def test_train_py_distils_from_a_teacher_with_pseudo_queries(esci_sample, tiny_e
     assert any(record.get("distillation_loss", 0) > 0 for record in logged)
     config = json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())
     assert config["training"]["loss"]["distillation_weight"] == 2.0
-    assert config["training"]["teacher"]["teacher"] == str(tiny_encoder_dir)
+    assert config["training"]["teacher"]["teacher"] == str(teacher)

@@ -351,7 +351,7 @@ def _dataset(frame: pd.DataFrame, columns: list[str]) -> datasets.Dataset:
 
 
 def in_memory_dataset(table: pa.Table) -> datasets.Dataset:
-    """An Arrow table as an in-memory Dataset, without ``datasets`` fingerprinting it by pickling every row (a
+    """An Arrow table as an in-memory Dataset, without ``datasets`` fingerprinting it by serialising every row (a
     transient copy of the whole table: gigabytes for the full release). Nothing caches an in-memory dataset's
     transforms on disk, so a random fingerprint loses nothing."""
     return datasets.Dataset(InMemoryTable(table), fingerprint=generate_random_fingerprint())

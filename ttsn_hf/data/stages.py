@@ -215,7 +215,7 @@ def _stage_dataset_dict(
     for split, query_ids in query_splits.items():
         rows = stage_rows(judgements, catalogue, stage, query_ids, mined, num_random_negatives, seed)
         table = pa.Table.from_pandas(rows, STAGE_FEATURES.arrow_schema, preserve_index=False)
-        splits[split] = in_memory_dataset(table)  # from_pandas would pickle every row to fingerprint it
+        splits[split] = in_memory_dataset(table)  # from_pandas would serialise every row to fingerprint it
     return datasets.DatasetDict(splits)
 
 
