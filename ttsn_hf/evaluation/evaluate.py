@@ -189,6 +189,14 @@ def _nan(value: float | None) -> float:
 # ------------------------------------------------------------------------------------------------ report
 
 
+def system_label(metrics: dict, system: str) -> str:
+    """``model (runs/sample/best_model)``: a system with the folder or Hub id it names (its last two parts)."""
+    name = metrics["systems"][system].get("name")
+    if system not in (MAIN_SYSTEM, "baseline") or not name:
+        return system
+    return f"{system} ({'/'.join(Path(name).parts[-2:])})"
+
+
 def markdown_table(metrics: dict) -> str:
     """The systems' metrics, then the differences with their 95% CIs, as Markdown tables."""
     names = [name for name in metric_names() if name in metrics["systems"][next(iter(metrics["systems"]))]]
@@ -199,7 +207,7 @@ def markdown_table(metrics: dict) -> str:
     ]
     for system, summary in metrics["systems"].items():
         cells = [f"{summary[name]:.3f}" for name in names]
-        lines.append(f"| {system} | {summary['num_queries']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {system_label(metrics, system)} | {summary['num_queries']} | " + " | ".join(cells) + " |")
     if metrics["comparisons"]:
         lines += ["", "| difference (95% CI) | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(names)]
         for comparison, by_metric in metrics["comparisons"].items():
@@ -224,7 +232,7 @@ def plot_metrics(metrics: dict, path: Path) -> None:
     for i, system in enumerate(systems):
         heights = [metrics["systems"][system][name] for name in names]
         positions = np.arange(len(names)) + (i - (len(systems) - 1) / 2) * width
-        drawn = bars.bar(positions, heights, width, label=system)
+        drawn = bars.bar(positions, heights, width, label=system_label(metrics, system))
         bars.bar_label(drawn, fmt="%.3f", fontsize=7)
     bars.set_xticks(np.arange(len(names)), [METRIC_LABELS[name] for name in names])
     bars.set_ylim(0, 1.15)
