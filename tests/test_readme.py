@@ -39,14 +39,12 @@ def test_readme_pipeline_runs_in_order_with_the_folders_it_names(tmp_path, esci_
         "eval.py",
     ]
     for command in commands:
-        command = [
-            sys.executable,
-            str(REPO / command[1]),
-            *(str(esci_sample) if arg == SAMPLE_ARG else arg for arg in command[2:]),
-        ]
-        result = subprocess.run(quick(command, tiny_encoder_dir), cwd=tmp_path, capture_output=True, text=True)
+        script, args = command[1], [str(esci_sample) if arg == SAMPLE_ARG else arg for arg in command[2:]]
+        command = quick([sys.executable, script, *args], tiny_encoder_dir)
+        command[1] = str(REPO / script)
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 0, f"{shlex.join(command)}\n{result.stderr[-3000:]}"
-        if command[1].endswith("train.py"):
+        if script == "train.py":
             next_line = [line for line in result.stdout.splitlines() if line.startswith("next: ")][0]
             assert "eval.py --model_name_or_path runs/sample/best_model" in next_line
     for written in ("data/summary.json", "runs/sample/best_model/config.json", "runs/sample/index/manifest.json",

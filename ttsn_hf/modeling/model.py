@@ -111,6 +111,7 @@ class TwoTowerModel(PreTrainedModel):
             product_encoder = AutoModel.from_pretrained(folder / PRODUCT_ENCODER_DIR, **encoder_kwargs)
         model = cls(config, encoder=encoder, product_encoder=product_encoder)
         model._tokenizer = AutoTokenizer.from_pretrained(folder)
+        model.name_or_path = model.config._name_or_path = str(pretrained_model_name_or_path)  # as given
         model._loaded_from = str(folder)
         model.eval()
         return model
@@ -316,7 +317,7 @@ def load_model(name_or_path: str | None = None, **from_encoder_kwargs) -> TwoTow
     name_or_path = str(name_or_path or default_base_model())
     folder = resolve_pretrained(name_or_path)
     if is_two_tower_folder(folder):
-        return TwoTowerModel.from_pretrained(folder)
+        return TwoTowerModel.from_pretrained(name_or_path)
     check_text_encoder(folder)
     return TwoTowerModel._around_encoder(folder, name_or_path, **from_encoder_kwargs)
 
