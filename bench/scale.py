@@ -344,7 +344,9 @@ def run_fraction(fraction: float, work: Path, args: argparse.Namespace, report=l
 def _finish(result: dict, commands: dict) -> dict:
     result["completed"] = [name for name, step in result["steps"].items() if step["returncode"] == 0] == list(commands)
     result["total_wall_s"] = round(sum(step["wall_s"] for step in result["steps"].values()), 2)
-    result["max_peak_rss_gib"] = max(step["peak_tree_rss_gib"] for step in result["steps"].values())
+    result["max_peak_rss_gib"] = max(
+        max(step["peak_tree_rss_gib"], step["peak_rss_gib"]) for step in result["steps"].values()
+    )
     return result
 
 

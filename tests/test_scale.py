@@ -68,7 +68,8 @@ def test_scale_runs_the_cli_steps_and_records_their_figures(scale, tmp_path):
     assert run["completed"] and list(run["steps"]) == steps and run["queries"] == 65
     for figures in run["steps"].values():
         assert figures["returncode"] == 0 and figures["wall_s"] > 0 and figures["cpu_s"] > 0
-        assert 0.05 < figures["peak_rss_gib"] <= figures["peak_tree_rss_gib"] * 1.5
+        # the exact peak of the largest process (wait4) and the polled peak of the whole tree (can miss a spike)
+        assert figures["peak_rss_gib"] > 0.05 and figures["peak_tree_rss_gib"] > 0
         assert figures["output_disk_bytes"] > 0
     assert output.with_suffix(".png").stat().st_size > 10_000
     assert not (tmp_path / "work" / "fraction-0.0005").exists()  # deleted without --keep
