@@ -299,8 +299,11 @@ def step_commands(
                   "--output", str(mined), "--cache_dir", str(cache), "--relative_margin", "-1"], mined),
         "train_stage2": ([*train, "--stage", "2"], checkpoints),
         "train_stage3": ([*train, "--stage", "3"], checkpoints),
+        # its own cache: indexing always encodes the catalogue (sharing mining's would make it a cache hit
+        # whenever the best model is the stage-1 model, and its time would not be comparable between sizes)
         "index": ([*python, "index.py", "--model_name_or_path", str(final_model), "--data_dir", str(data),
-                   "--output_dir", str(index), "--cache_dir", str(cache), "--index_factory", "auto"], index),
+                   "--output_dir", str(index), "--cache_dir", str(work / "index_embedding_cache"),
+                   "--index_factory", "auto"], index),
         "eval": ([*python, "eval.py", "--index_dir", str(index), "--data_dir", str(data), "--split", "test",
                   "--baseline", "none", "--bm25", "false", "--bootstrap_samples", "1000",
                   "--output_dir", str(evaluation)], evaluation),

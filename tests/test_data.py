@@ -256,3 +256,16 @@ def test_query_id_with_two_texts(tmp_path, sample_frames):
     write_official(folder, examples, products)
     with pytest.raises(UserInputError, match="query_id has more than one 'query' value"):
         load_esci(folder)
+
+
+def test_repeated_products_are_dropped_within_and_across_read_batches(tmp_path, sample_frames, monkeypatch):
+    from ttsn_hf.data import esci as esci_module
+
+    examples, products, folder = small_official(tmp_path, sample_frames)
+    monkeypatch.setattr(esci_module, "PRODUCT_BATCH_ROWS", 3)  # the repeats fall in the same and in later batches
+    repeated = products.iloc[[0, 0, 1, 4]].assign(product_title="a later copy")
+    write_official(folder, examples, pd.concat([products, repeated], ignore_index=True))
+    esci = load_esci(folder)
+    assert esci.dropped == {"duplicate_products": 4}
+    assert sorted(esci.catalogue["product_id"]) == sorted(products["product_id"])
+    assert "a later copy" not in esci.catalogue["product_text"]

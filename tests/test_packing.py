@@ -6,7 +6,7 @@ import torch
 
 from ttsn_hf.losses.in_batch_infonce import InBatchInfoNCELoss
 from ttsn_hf.modeling.model import TwoTowerModel
-from ttsn_hf.modeling.packing import assign_rows, pack
+from ttsn_hf.modeling.packing import can_pack, packed_mean_embeddings, plan_varlen, varlen_attention
 
 TEXTS = [
     "wireless noise cancelling headphones with 30 hour battery life and a carrying case",
@@ -23,42 +23,6 @@ QUERIES = ["headphones", "cable usb c", "water bottle", "boots for kids", "green
 
 def padded_batch(model: TwoTowerModel, texts: list[str]) -> dict[str, torch.Tensor]:
     return model.tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
-
-
-def test_assign_rows_packs_first_fit_decreasing_within_capacity():
-    lengths = [70, 60, 50, 30, 10, 200]
-    rows, starts = assign_rows(lengths, capacity=128)
-    for row in set(rows.tolist()):
-        members = sorted((starts[i], lengths[i]) for i in range(len(lengths)) if rows[i] == row)
-        assert members[0][0] == 0
-        for (start, length), (next_start, _) in zip(members, members[1:], strict=False):
-            assert start + length == next_start  # back to back, no overlap
-        if len(members) > 1:
-            assert sum(length for _, length in members) <= 128
-    assert rows[5] != rows[0] and sum(rows == rows[5]) == 1  # longer than the capacity: a row of its own
-    assert len(set(rows.tolist())) == 3  # 200 | 70+50 | 60+30+10
-
-
-def test_pack_keeps_every_real_token_with_its_own_positions_and_a_block_diagonal_mask():
-    input_ids = torch.tensor([[101, 5, 6, 102, 0], [101, 7, 102, 0, 0], [101, 8, 9, 10, 102]])
-    attention_mask = (input_ids != 0).long()
-    packed = pack(input_ids, attention_mask, capacity=8)
-    flat = packed.input_ids.reshape(-1)
-    assert flat[packed.slots].tolist() == input_ids[attention_mask.bool()].tolist()
-    assert packed.position_ids.reshape(-1)[packed.slots].tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]
-    mask = packed.attention_mask[:, 0].reshape(-1, packed.input_ids.shape[1])
-    width = packed.input_ids.shape[1]
-    for a, sequence_a in zip(packed.slots.tolist(), packed.sequence_of_token.tolist(), strict=True):
-        for b, sequence_b in zip(packed.slots.tolist(), packed.sequence_of_token.tolist(), strict=True):
-            same_row = a // width == b // width
-            assert bool(same_row and mask[a, b % width]) == (sequence_a == sequence_b)
-    assert packed.padding_fraction < 0.3
-
-
-def test_pack_handles_left_padding():
-    input_ids = torch.tensor([[0, 101, 5, 102], [101, 7, 8, 102]])
-    packed = pack(input_ids, (input_ids != 0).long(), capacity=4)
-    assert packed.input_ids.reshape(-1)[packed.slots].tolist() == [101, 5, 102, 101, 7, 8, 102]
 
 
 def embeddings_and_loss(model: TwoTowerModel, packed: bool):
@@ -128,3 +92,76 @@ def test_saved_model_keeps_its_packing_choice(tiny_encoder_dir, tmp_path):
     model.config.packed_sequences = False
     model.save_pretrained(tmp_path / "saved")
     assert TwoTowerModel.from_pretrained(tmp_path / "saved").config.packed_sequences is False
+
+
+def test_forward_packs_both_towers_into_one_pass_like_separate_padded_calls(tiny_encoder_dir):
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    model.eval()
+    queries, products = padded_batch(model, QUERIES), padded_batch(model, TEXTS[:5])
+
+    def embeddings_and_gradient(joint: bool):
+        model.zero_grad()
+        if joint:
+            output = model(queries["input_ids"], queries["attention_mask"], products["input_ids"],
+                           products["attention_mask"])  # fmt: skip
+            query_embeddings, product_embeddings = output.query_embeddings, output.product_embeddings
+        else:
+            query_embeddings = model.embed(queries["input_ids"], queries["attention_mask"], "query", packed=False)
+            product_embeddings = model.embed(products["input_ids"], products["attention_mask"], "product", packed=False)
+        (query_embeddings @ product_embeddings.T).square().sum().backward()
+        gradient = torch.cat([p.grad.reshape(-1) for p in model.encoder.parameters() if p.grad is not None])
+        return query_embeddings.detach(), product_embeddings.detach(), gradient
+
+    calls = []
+    hook = model.encoder.register_forward_hook(lambda module, args, output: calls.append(1))
+    joint_queries, joint_products, joint_gradient = embeddings_and_gradient(joint=True)
+    assert len(calls) == 1  # one encoder pass for both towers
+    hook.remove()
+    separate_queries, separate_products, separate_gradient = embeddings_and_gradient(joint=False)
+    assert joint_queries.shape == (len(QUERIES), model.embedding_dim) and joint_products.shape[0] == 5
+    torch.testing.assert_close(joint_queries, separate_queries, atol=1e-5, rtol=0)
+    torch.testing.assert_close(joint_products, separate_products, atol=1e-5, rtol=0)
+    assert torch.nn.functional.cosine_similarity(joint_gradient, separate_gradient, dim=0) > 1 - 1e-4
+
+
+def test_varlen_plan_buckets_every_token_once_and_restores_token_order():
+    lengths = torch.tensor([3, 9, 8, 1, 16, 12])
+    plan = plan_varlen(lengths, step=8)
+    assert sorted(bucket.width for bucket in plan.buckets) == [8, 16]
+    assert sum(bucket.count for bucket in plan.buckets) == len(lengths) and plan.tokens == int(lengths.sum())
+    assert len(plan.gather_index) == sum(bucket.count * bucket.width for bucket in plan.buckets)
+    assert plan.gather_index[plan.restore].tolist() == list(range(plan.tokens))  # every token, back in order
+    masks = [bucket.key_mask for bucket in plan.buckets]
+    assert masks[0] is not None and masks[0].sum().item() == 3 + 8 + 1  # bucket 8: lengths 3, 8, 1
+
+
+def test_only_checked_encoders_are_packed_and_the_attention_switch_is_temporary(tiny_encoder_dir):
+    from transformers import MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
+
+    model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
+    assert can_pack(model.encoder)
+    small = dict(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    assert not can_pack(MPNetModel(MPNetConfig(**small)))  # its own attention code
+    assert not can_pack(RobertaModel(RobertaConfig(**small)))  # position ids offset by the padding index
+    with varlen_attention(model.encoder):
+        assert model.encoder.config._attn_implementation != "sdpa"
+    assert model.encoder.config._attn_implementation == "sdpa"
+    assert "attn_implementation" not in model.encoder.config.to_json_string()
+
+
+def test_an_encoder_that_cannot_be_packed_takes_the_padded_path(tiny_encoder_dir, tmp_path):
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=30527, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32)  # fmt: skip
+    MPNetModel(config).save_pretrained(tmp_path / "mpnet")
+    AutoTokenizer.from_pretrained(tiny_encoder_dir).save_pretrained(tmp_path / "mpnet")
+    model = TwoTowerModel.from_encoder(str(tmp_path / "mpnet")).eval()
+    assert model.config.packed_sequences and not can_pack(model.encoder)
+    queries, products = padded_batch(model, QUERIES), padded_batch(model, TEXTS)
+    output = model(queries["input_ids"], queries["attention_mask"], products["input_ids"], products["attention_mask"])
+    padded = model.embed(products["input_ids"], products["attention_mask"], "product", packed=False)
+    torch.testing.assert_close(output.product_embeddings, padded)
+    with pytest.raises(ValueError, match="MPNetModel"):
+        packed_mean_embeddings(model.encoder, products["input_ids"], products["attention_mask"])

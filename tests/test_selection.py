@@ -23,7 +23,7 @@ def tables(esci_sample):
     return esci.judgements.to_pandas(), esci.catalogue.to_pandas()
 
 
-def test_selection_matches_sentence_transformers_ir_evaluator(tables, tiny_encoder_dir, tmp_path):
+def test_selection_matches_sentence_transformers_ir_evaluator(tables, esci_sample, tiny_encoder_dir, tmp_path):
     judgements, catalogue = tables
     query_ids = sorted(judgements["query_id"].unique())[:12]
     evaluator = RetrievalEvaluator(judgements, catalogue, query_ids, corpus_size=400, seed=3)
@@ -32,6 +32,10 @@ def test_selection_matches_sentence_transformers_ir_evaluator(tables, tiny_encod
     assert judged <= set(evaluator.product_ids)  # judged products always searched, the rest a fixed sample
     again = RetrievalEvaluator(judgements, catalogue, query_ids, corpus_size=400, seed=3)
     assert again.product_ids == evaluator.product_ids
+    esci = load_esci(esci_sample)  # the datasets themselves (memory-mapped in training): the same corpus and labels
+    from_datasets = RetrievalEvaluator(esci.judgements, esci.catalogue, query_ids, corpus_size=400, seed=3)
+    assert from_datasets.product_ids == evaluator.product_ids and from_datasets.qrels == evaluator.qrels
+    assert from_datasets.product_texts == evaluator.product_texts
 
     model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
     ours = evaluator(model)

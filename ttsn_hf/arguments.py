@@ -167,7 +167,7 @@ class ModelArguments:
     product_max_length: int = field(default=128, metadata={"help": "Product token limit."})
     packed_sequences: bool = field(
         default=True,
-        metadata={"help": "Pack real tokens into rows: no pad tokens through the encoder (false: padded batches)."},
+        metadata={"help": "No pad tokens through the encoder, attention per sequence (false: padded batches)."},
     )
 
 

@@ -3,8 +3,11 @@ epoch's evaluation (as sentence-transformers' ``InformationRetrievalEvaluator``)
 
 from __future__ import annotations
 
+import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .evaluate import evaluate_model
 
@@ -14,35 +17,43 @@ DEFAULT_SELECTION_CORPUS_SIZE = 100_000
 class RetrievalEvaluator:
     """Scores a model on ``query_ids`` over a corpus: the whole catalogue when it has at most ``corpus_size``
     products, else those queries' judged products plus a fixed random sample (``seed``) of the rest up to
-    ``corpus_size``: the same corpus at every epoch, so the metrics compare across epochs."""
+    ``corpus_size``: the same corpus at every epoch, so the metrics compare across epochs.
+
+    ``judgements`` and ``catalogue`` are DataFrames or (memory-mapped) ``datasets``: only the validation queries'
+    rows and the corpus's products become Python objects, never the whole release."""
 
     def __init__(
         self,
-        judgements: pd.DataFrame,
-        catalogue: pd.DataFrame,
+        judgements: pd.DataFrame | datasets.Dataset,
+        catalogue: pd.DataFrame | datasets.Dataset,
         query_ids: list[str],
         corpus_size: int = DEFAULT_SELECTION_CORPUS_SIZE,
         seed: int = 42,
         batch_size: int = 256,
         bf16: bool = False,
     ):
-        rows = judgements[judgements["query_id"].astype(str).isin(set(query_ids))].astype({"product_id": str})
-        self.queries = dict(zip(rows["query_id"].astype(str), rows["query"].fillna(""), strict=True))
+        judgements = _arrow(judgements)
+        wanted = pa.array(sorted({str(query_id) for query_id in query_ids}), pa.string())
+        rows = judgements.filter(pc.is_in(pc.cast(judgements["query_id"], pa.string()), value_set=wanted))
+        rows = rows.to_pandas().astype({"query_id": str, "product_id": str})
+        self.queries = dict(zip(rows["query_id"], rows["query"].fillna(""), strict=True))
         self.qrels: dict[str, dict[str, str]] = {}
-        labelled = zip(rows["query_id"].astype(str), rows["product_id"], rows["esci_label"], strict=True)
-        for query_id, product_id, label in labelled:
+        for query_id, product_id, label in zip(rows["query_id"], rows["product_id"], rows["esci_label"], strict=True):
             self.qrels.setdefault(query_id, {})[product_id] = label
-        catalogue = catalogue.astype({"product_id": str})
+        catalogue = _arrow(catalogue)
+        product_ids = pc.cast(catalogue["product_id"], pa.string())
         if len(catalogue) > corpus_size:
-            judged = catalogue["product_id"].isin(set(rows["product_id"]))
-            others = np.flatnonzero(~judged.to_numpy())
+            judged_ids = pa.array(rows["product_id"].unique(), pa.string())
+            judged = pc.is_in(product_ids, value_set=judged_ids).to_numpy(zero_copy_only=False)
+            others = np.flatnonzero(~judged)
             room = max(0, corpus_size - int(judged.sum()))
             sample = np.random.default_rng(seed).choice(others, size=min(room, len(others)), replace=False)
-            keep = judged.to_numpy().copy()
+            keep = judged.copy()
             keep[sample] = True
-            catalogue = catalogue[keep]
-        self.product_ids = catalogue["product_id"].tolist()
-        self.product_texts = catalogue["product_text"].fillna("").tolist()
+            rows_kept = pa.array(np.flatnonzero(keep))
+            product_ids, catalogue = product_ids.take(rows_kept), catalogue.take(rows_kept)
+        self.product_ids = product_ids.to_pylist()
+        self.product_texts = pc.fill_null(catalogue["product_text"], "").to_pylist()
         self.batch_size, self.bf16 = batch_size, bf16
 
     def __call__(self, model) -> dict[str, float]:
@@ -55,3 +66,9 @@ class RetrievalEvaluator:
         finally:
             model.train(was_training)
         return {name: float(summary[name]) for name in ("recall@10", "ndcg@10", "mrr")}
+
+
+def _arrow(table: pd.DataFrame | datasets.Dataset) -> pa.Table:
+    if isinstance(table, pd.DataFrame):
+        return pa.Table.from_pandas(table, preserve_index=False)
+    return table.with_format("arrow")[:]  # a zero-copy view of a memory-mapped dataset (its rows in order)

@@ -15,9 +15,9 @@ class TwoTowerConfig(PretrainedConfig):
         tie_towers: one encoder for both towers (default); ``False`` trains a separate product encoder.
         query_max_length / product_max_length: token limits of each tower.
         base_model_name_or_path: where the encoder weights came from (for model cards).
-        packed_sequences: run only real tokens through the encoder, packed into rows (no pad tokens; default, measured
-            faster in bench/bench_training.py and bench/bench_encoding.py); ``False``:
-            padded batches.
+        packed_sequences: run only real tokens through the encoder, attention per sequence (no pad tokens; BERT-family
+            encoders, others run padded; default, measured faster in bench/bench_training.py and
+            bench/bench_encoding.py); ``False``: padded batches.
     """
 
     model_type = "two_tower"

@@ -22,7 +22,7 @@ from ..errors import UserInputError
 from .configuration import TwoTowerConfig
 from .hub import ensure_hub_reachable
 from .model_card import write_model_card
-from .packing import can_pack, packed_mean_embeddings
+from .packing import can_pack, joint_packed_mean_embeddings, packed_mean_embeddings
 from .pretrained import default_base_model, recorded_name, resolve_pretrained
 from .sentence_transformers_export import ENCODER_DIR, PRODUCT_ENCODER_DIR, write_sentence_transformers_files
 
@@ -150,7 +150,7 @@ class TwoTowerModel(PreTrainedModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tower: str = "query", packed: bool | None = None
     ) -> torch.Tensor:
         """L2-normalised mean-pooled embeddings of a padded batch; ``packed`` (default: the config's
-        ``packed_sequences``) runs only the real tokens through the encoder, packed into rows (:mod:`.packing`)."""
+        ``packed_sequences``) runs only the real tokens through the encoder (:mod:`.packing`)."""
         packed = getattr(self.config, "packed_sequences", True) if packed is None else packed
         if packed and can_pack(self._tower(tower)):
             pooled = packed_mean_embeddings(self._tower(tower), input_ids, attention_mask)
@@ -168,6 +168,14 @@ class TwoTowerModel(PreTrainedModel):
         **unused,
     ) -> TwoTowerOutput:
         output = TwoTowerOutput()
+        both = query_input_ids is not None and product_input_ids is not None
+        packed = getattr(self.config, "packed_sequences", True) and can_pack(self.encoder)
+        if both and packed and self.config.tie_towers:
+            pooled = joint_packed_mean_embeddings(
+                self.encoder, [(query_input_ids, query_attention_mask), (product_input_ids, product_attention_mask)]
+            )  # one pass of the shared encoder for both towers
+            output.query_embeddings, output.product_embeddings = (nn.functional.normalize(p, dim=-1) for p in pooled)
+            return output
         if query_input_ids is not None:
             output.query_embeddings = self.embed(query_input_ids, query_attention_mask, "query")
         if product_input_ids is not None:

@@ -1,118 +1,164 @@
-"""Padding-free encoding: the real tokens of a padded batch packed into rows of bounded width.
+"""Padding-free encoding: every real token of a batch in one flat sequence, attention per sequence.
 
-Each row holds several sequences back to back, each with its own position ids (0, 1, ...) and a block-diagonal
-attention mask, so a token attends only to its own sequence and the dense layers (which cost ~90% of a BERT step)
-see almost no padding. Rows stay short (``capacity`` tokens, at least the longest sequence) so that attention over
-a row costs ``capacity**2``, not ``total_tokens**2``. Mean pooling then sums each sequence's tokens.
+The dense layers (~90% of a BERT step's FLOPs) see no pad token at all, and attention is computed per sequence:
+sequences are bucketed by length (rounded up to ``BUCKET_STEP`` tokens) and each bucket goes through PyTorch's
+``scaled_dot_product_attention`` as one padded batch, so attention and its dropout cost about ``sum(length**2)``
+(packed rows of width ``w`` with a block-diagonal mask would cost ``w**2`` per row, 2x more for products and 10x
+more for queries). This is what flash-attention's varlen kernels do on a GPU; here it is plain SDPA, on any device.
+Queries and products can go through in one pass (``joint_packed_mean_embeddings``).
+
+It plugs into transformers' attention interface: inside :func:`varlen_attention` the encoder's
+``_attn_implementation`` names the function registered here, and the bucket plan reaches every layer through the
+forward kwargs (as ``cu_seq_lens_q`` does for flash-attention). Only encoders checked to take it are packed
+(``PACKABLE_MODEL_TYPES``: BERT family, 0-based position ids, attention through ``ALL_ATTENTION_FUNCTIONS``); the
+others (MPNet with its own attention, RoBERTa's offset position ids) take the padded path.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-DEFAULT_ROW_CAPACITY = 128
-PACKABLE_ATTENTION = ("sdpa", "eager")  # they take a 4D mask; flash-attention's varlen path would need its own
-
-
-def can_pack(encoder: nn.Module) -> bool:
-    return getattr(encoder.config, "_attn_implementation", "sdpa") in PACKABLE_ATTENTION
+ATTENTION_NAME = "ttsn_varlen_sdpa"
+PACKABLE_MODEL_TYPES = ("bert",)
+BUCKET_STEP = 8  # bucket widths are multiples of this: at most 7 pad positions per sequence, in attention only
 
 
 @dataclass
-class PackedBatch:
-    """``input_ids``/``position_ids`` [rows, width]; ``attention_mask`` [rows, 1, width, width] (True: may attend);
-    ``slots`` [tokens]: the flat position (row * width + column) of each real token, sequence by sequence;
-    ``sequence_of_token`` [tokens]: its sequence; ``lengths`` [sequences]."""
+class Bucket:
+    """``count`` sequences padded to ``width`` tokens; ``key_mask`` [count, 1, 1, width] (True: a real key), or
+    None when every sequence fills the width."""
 
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    slots: torch.Tensor
-    sequence_of_token: torch.Tensor
-    lengths: torch.Tensor
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1.0 - int(self.lengths.sum()) / self.input_ids.numel()
+    count: int
+    width: int
+    key_mask: torch.Tensor | None
 
 
-def assign_rows(lengths: list[int] | np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
-    """First-fit decreasing bin packing: the row and the start column of each sequence, rows holding at most
-    ``capacity`` tokens (a longer sequence gets a row of its own)."""
-    row_of = np.zeros(len(lengths), dtype=np.int64)
-    start_of = np.zeros(len(lengths), dtype=np.int64)
-    filled: list[int] = []
-    for index in np.argsort(-np.asarray(lengths), kind="stable"):
-        length = int(lengths[index])
-        row = next((r for r, used in enumerate(filled) if used + length <= capacity), None)
-        if row is None:
-            row = len(filled)
-            filled.append(0)
-        row_of[index], start_of[index] = row, filled[row]
-        filled[row] += length
-    return row_of, start_of
+@dataclass
+class VarlenPlan:
+    """How to run attention over one flat sequence of ``tokens`` real tokens. ``gather_index`` [slots] lists, bucket
+    after bucket, the token in each padded slot (padding points at token 0); ``restore`` [tokens] is each token's
+    slot, to put the buckets' outputs back in token order."""
+
+    buckets: list[Bucket]
+    gather_index: torch.Tensor
+    restore: torch.Tensor
+    tokens: int
 
 
-def pack(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int = DEFAULT_ROW_CAPACITY, pad_token_id: int = 0
-) -> PackedBatch:
-    """Pack a padded batch (any padding side) into rows of at most ``max(capacity, longest)`` tokens."""
-    real = attention_mask.bool()
-    lengths = real.sum(dim=1)
-    lengths_np = lengths.cpu().numpy()
-    row_of, start_of = assign_rows(lengths_np, capacity)
-    width = int(max(capacity, lengths_np.max(initial=1)))
-    rows = int(row_of.max(initial=0)) + 1
-    width = min(width, int(np.bincount(row_of, weights=lengths_np, minlength=rows).max(initial=1)))
-    sequence_of_token = np.repeat(np.arange(len(lengths_np)), lengths_np)
-    first_token = np.cumsum(lengths_np) - lengths_np
-    position = np.arange(len(sequence_of_token)) - first_token[sequence_of_token]
-    slots = row_of[sequence_of_token] * width + start_of[sequence_of_token] + position
-
-    device = input_ids.device
-    slots_t = torch.from_numpy(slots).to(device)
-    packed_ids = torch.full((rows * width,), pad_token_id, dtype=input_ids.dtype, device=device)
-    packed_ids[slots_t] = input_ids[real]
-    position_ids = torch.zeros(rows * width, dtype=torch.long, device=device)
-    position_ids[slots_t] = torch.from_numpy(position).to(device)
-    segment = torch.full((rows * width,), -1, dtype=torch.long, device=device)  # padding: a block of its own
-    segment[slots_t] = torch.from_numpy(sequence_of_token).to(device)
-    segment = segment.view(rows, width)
-    return PackedBatch(
-        input_ids=packed_ids.view(rows, width),
-        position_ids=position_ids.view(rows, width),
-        attention_mask=(segment[:, :, None] == segment[:, None, :]).unsqueeze(1),
-        slots=slots_t,
-        sequence_of_token=torch.from_numpy(sequence_of_token).to(device),
-        lengths=lengths,
-    )
+def can_pack(encoder: nn.Module) -> bool:
+    """Whether the encoder is one the padding-free path is checked for (see the module docstring)."""
+    module = sys.modules.get(type(encoder).__module__)
+    model_type = getattr(getattr(encoder, "config", None), "model_type", None)
+    return model_type in PACKABLE_MODEL_TYPES and hasattr(module, "ALL_ATTENTION_FUNCTIONS")
 
 
-def encoder_mask(packed: PackedBatch, encoder: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """The 4D mask in the form the encoder's attention takes: boolean for SDPA, additive for eager attention."""
-    if getattr(encoder.config, "_attn_implementation", "sdpa") == "sdpa":
-        return packed.attention_mask
-    additive = torch.zeros(packed.attention_mask.shape, dtype=dtype, device=packed.attention_mask.device)
-    return additive.masked_fill(~packed.attention_mask, torch.finfo(dtype).min)
+def plan_varlen(lengths: torch.Tensor, step: int = BUCKET_STEP) -> VarlenPlan:
+    """The bucket plan for sequences of ``lengths`` laid back to back (``i`` starts at ``sum(lengths[:i])``)."""
+    device = lengths.device
+    lengths = lengths.to(torch.long)
+    starts = torch.cumsum(lengths, 0) - lengths
+    widths = (lengths + step - 1) // step * step
+    buckets, gather, real_slots = [], [], []
+    for width in torch.unique(widths).tolist():
+        members = torch.nonzero(widths == width).flatten()
+        columns = torch.arange(width, device=device)
+        real = columns[None, :] < lengths[members, None]  # [count, width]
+        gather.append(torch.where(real, starts[members, None] + columns[None, :], 0).flatten())
+        real_slots.append(real.flatten())
+        buckets.append(Bucket(len(members), int(width), None if bool(real.all()) else real[:, None, None, :]))
+    gather_index, real_slots = torch.cat(gather), torch.cat(real_slots)
+    restore = torch.empty(int(lengths.sum()), dtype=torch.long, device=device)
+    restore[gather_index[real_slots]] = torch.nonzero(real_slots).flatten()
+    return VarlenPlan(buckets=buckets, gather_index=gather_index, restore=restore, tokens=int(lengths.sum()))
 
 
-def packed_mean_embeddings(
-    encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int = DEFAULT_ROW_CAPACITY
-) -> torch.Tensor:
-    """Mean-pooled (not normalised) float32 embeddings of a padded batch, computed on packed rows."""
-    pad_token_id = getattr(encoder.config, "pad_token_id", None) or 0
-    packed = pack(input_ids, attention_mask, capacity, pad_token_id)
-    hidden = encoder(
-        input_ids=packed.input_ids,
-        attention_mask=encoder_mask(packed, encoder, encoder.dtype),
-        position_ids=packed.position_ids,
-        token_type_ids=torch.zeros_like(packed.input_ids),
-    ).last_hidden_state
-    tokens = hidden.reshape(-1, hidden.shape[-1])[packed.slots].to(torch.float32)
-    summed = torch.zeros(len(packed.lengths), tokens.shape[-1], dtype=torch.float32, device=tokens.device)
-    summed = summed.index_add(0, packed.sequence_of_token, tokens)
-    return summed / packed.lengths.clamp(min=1).unsqueeze(-1).to(torch.float32)
+def varlen_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    varlen_plan: VarlenPlan | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The attention function: ``query``/``key``/``value`` [1, heads, tokens, head_dim] -> [1, tokens, heads,
+    head_dim], each token attending only to its own sequence."""
+    if varlen_plan is None:
+        raise RuntimeError(f"attention '{ATTENTION_NAME}' needs the varlen_plan of varlen_attention()")
+    heads, head_dim = query.shape[1], query.shape[-1]
+    # [1, heads, tokens, d] is a transposed view of the projection's [tokens, heads, d]: one row gather per tensor
+    slots = [states[0].transpose(0, 1).index_select(0, varlen_plan.gather_index) for states in (query, key, value)]
+    outputs, start = [], 0
+    for bucket in varlen_plan.buckets:
+        size = bucket.count * bucket.width
+        q, k, v = (s[start : start + size].view(bucket.count, bucket.width, heads, head_dim).transpose(1, 2)
+                   for s in slots)  # fmt: skip
+        output = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=bucket.key_mask, dropout_p=dropout, scale=scaling
+        )  # [count, heads, width, head_dim]
+        outputs.append(output.transpose(1, 2).reshape(size, heads, head_dim))
+        start += size
+    return torch.cat(outputs).index_select(0, varlen_plan.restore).unsqueeze(0), None
+
+
+ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, varlen_sdpa_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, flash_attention_mask)  # no mask: the plan holds the structure
+
+
+@contextmanager
+def varlen_attention(encoder: nn.Module) -> Iterator[None]:
+    """Run the encoder's attention as :func:`varlen_sdpa_attention` inside the block (the config's own
+    implementation is restored after, and is never saved: transformers does not serialise it)."""
+    config = encoder.config
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def _varlen_mean_embeddings(encoder: nn.Module, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean-pooled float32 embeddings of sequences given as their real ``tokens`` back to back and their
+    ``lengths``: one flat sequence through the encoder, attention per sequence."""
+    sequence_of_token = torch.repeat_interleave(torch.arange(len(lengths), device=tokens.device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    position_ids = torch.arange(len(tokens), device=tokens.device) - starts[sequence_of_token]
+    with varlen_attention(encoder):
+        hidden = encoder(
+            input_ids=tokens[None, :],
+            position_ids=position_ids[None, :],
+            token_type_ids=torch.zeros_like(tokens)[None, :],
+            varlen_plan=plan_varlen(lengths),
+        ).last_hidden_state[0]
+    summed = torch.zeros(len(lengths), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+    summed = summed.index_add(0, sequence_of_token, hidden.to(torch.float32))
+    return summed / lengths.clamp(min=1).unsqueeze(-1).to(torch.float32)
+
+
+def packed_mean_embeddings(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean-pooled (not normalised) float32 embeddings of a padded batch (any padding side), without its pads."""
+    return joint_packed_mean_embeddings(encoder, [(input_ids, attention_mask)])[0]
+
+
+def joint_packed_mean_embeddings(
+    encoder: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """``packed_mean_embeddings`` of several padded batches in one encoder pass (one forward and one backward
+    instead of one per batch): one tensor per batch."""
+    if not can_pack(encoder):
+        raise ValueError(f"{type(encoder).__name__} is not packable (see can_pack): encode it padded")
+    reals = [mask.bool() for _, mask in batches]
+    tokens = torch.cat([ids[real] for (ids, _), real in zip(batches, reals, strict=True)])
+    lengths = torch.cat([real.sum(dim=1) for real in reals])
+    return list(_varlen_mean_embeddings(encoder, tokens, lengths).split([len(ids) for ids, _ in batches]))

@@ -270,8 +270,8 @@ class TrainingRun:
 
     def selection_evaluator(self, validation: datasets.Dataset) -> RetrievalEvaluator:
         return RetrievalEvaluator(
-            self.data.esci.judgements.to_pandas(),
-            self.data.esci.catalogue.to_pandas(),
+            self.data.esci.judgements,
+            self.data.esci.catalogue,
             sorted(set(validation["query_id"])),
             self.data_args.selection_corpus_size,
             self.training_args.seed,
