@@ -212,6 +212,17 @@ def write_tiny_encoder(folder: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
+def code_version() -> str:
+    """The commit the steps run (with "+changes" when the working tree differs from it)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ttsn_hf", "*.py"], cwd=REPO, capture_output=True,
+                               text=True)  # fmt: skip
+    except OSError:
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if commit.returncode == 0 else "unknown"
+
+
 def disk_usage(path: Path) -> int:
     """Bytes of the files under ``path`` (0 when missing)."""
     if path.is_file():
@@ -325,6 +336,8 @@ def run_fraction(fraction: float, work: Path, args: argparse.Namespace, report=l
         **sizes,
         "generate_s": round(time.perf_counter() - started, 2),
         "esci_disk_bytes": disk_usage(work / "esci"),
+        "code": code_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "steps": {},
     }
     encoder = write_tiny_encoder(work / "tiny_encoder")
