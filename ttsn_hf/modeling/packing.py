@@ -43,14 +43,13 @@ class Bucket:
 
 @dataclass
 class VarlenPlan:
-    """How to run attention over one flat sequence of ``tokens`` real tokens. ``gather_index`` [slots] lists, bucket
+    """How to run attention over one flat sequence of real tokens. ``gather_index`` [slots] lists, bucket
     after bucket, the token in each padded slot (padding points at token 0); ``restore`` [tokens] is each token's
     slot, to put the buckets' outputs back in token order."""
 
     buckets: list[Bucket]
     gather_index: torch.Tensor
     restore: torch.Tensor
-    tokens: int
 
 
 def can_pack(encoder: nn.Module) -> bool:
@@ -77,7 +76,7 @@ def plan_varlen(lengths: torch.Tensor, step: int = BUCKET_STEP) -> VarlenPlan:
     gather_index, real_slots = torch.cat(gather), torch.cat(real_slots)
     restore = torch.empty(int(lengths.sum()), dtype=torch.long, device=device)
     restore[gather_index[real_slots]] = torch.nonzero(real_slots).flatten()
-    return VarlenPlan(buckets=buckets, gather_index=gather_index, restore=restore, tokens=int(lengths.sum()))
+    return VarlenPlan(buckets=buckets, gather_index=gather_index, restore=restore)
 
 
 def varlen_sdpa_attention(
