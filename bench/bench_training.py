@@ -6,7 +6,8 @@ Both train on the same E+S positive (query, product text) pairs of stage 1 of th
 of its first epoch to its last optimizer step (Trainer set-up excluded), after an untimed warm-up step per precision.
 Each library runs at its best: sentence-transformers with random batches and with length-grouped batches (a
 ``batch_sampler`` callable around transformers' ``get_length_grouped_indices``, the same grouping as ttsn_hf's);
-ttsn_hf padded (random, length-grouped) and packed (no pad tokens through the encoder; random, length-grouped).
+ttsn_hf padded (random, length-grouped; torch's dropout, so that padded-random does sentence-transformers' work:
+the noise check) and packed (no pad tokens through the encoder, random-bits dropout; random, length-grouped).
 Achieved model FLOP/s (3x the forward FLOPs of the real tokens) are reported as a fraction of this machine's
 measured matmul rate. A loss check first: on one batch, ttsn_hf's packed in-batch InfoNCE equals
 sentence-transformers' MultipleNegativesRankingLoss. Then one profile of ttsn_hf's steps: where the time goes.
@@ -176,7 +177,10 @@ def ttsn_trainer(rows, known, args, precision: str, output_dir: str, sampling: s
     model = TwoTowerModel.from_encoder(default_base_model(), query_max_length=32, product_max_length=128)
     model.config.packed_sequences = packed
     dataset = tokenize_groups(build_groups(rows), model.tokenizer, 32, 128, known)
-    training_args = TwoTowerTrainingArguments(**common_arguments(args, precision, output_dir, sampling))
+    # the padded systems keep torch's dropout: ttsn_hf_padded_random is the noise check (sentence-transformers' work)
+    training_args = TwoTowerTrainingArguments(
+        **common_arguments(args, precision, output_dir, sampling), random_bits_dropout=packed
+    )
     return TwoTowerTrainer(
         model=model,
         args=training_args,

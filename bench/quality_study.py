@@ -383,6 +383,39 @@ def print_versus(results: dict, reference_name: str) -> None:
         print(f"| {name} | " + " | ".join(_ci(summary[f"{metric}_diff"]) for metric in METRICS) + " |")
 
 
+def pool_seeds(results: dict, names: list[str]) -> dict:
+    """Several seeds of one config as one system: each query's score is its mean over the seeds' runs (every
+    query is held out once per seed), compared paired with zero-shot; per model: best_model, last epoch and every
+    scored earlier epoch, and stage 2 against epoch 2."""
+    entries = [results["configs"][name] for name in names]
+    reference = results["zero_shot_per_query"]
+
+    def mean_over_seeds(per_query_of) -> dict[str, dict]:
+        runs = [per_query_of(entry) for entry in entries]
+        return {
+            query: {metric: _nanmean([run[query][metric] for run in runs]) for metric in METRICS}
+            for query in sorted(set.intersection(*(set(run) for run in runs)))
+        }
+
+    pooled = {
+        "seeds": names,
+        "train_seconds_per_fold": [t for entry in entries for t in entry["train_seconds_per_fold"]],
+    }
+    pooled["best_model"] = summarise(mean_over_seeds(lambda entry: entry["per_query_best_model"]), reference)
+    pooled["last_epoch"] = summarise(mean_over_seeds(lambda entry: entry["per_query_last_epoch"]), reference)
+    epochs = set.intersection(*(set(entry.get("per_query_epochs", {})) for entry in entries))
+    per_epoch = {epoch: mean_over_seeds(lambda entry, e=epoch: entry["per_query_epochs"][e]) for epoch in epochs}
+    pooled["earlier_epochs"] = {epoch: summarise(scores, reference) for epoch, scores in sorted(per_epoch.items())}
+    if {"epoch_2", "epoch_3"} <= epochs:
+        pooled["stage2_vs_epoch2"] = summarise(per_epoch["epoch_3"], per_epoch["epoch_2"])
+    return pooled
+
+
+def _nanmean(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return float(np.mean(known)) if known else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", default=["default"], help=f"among {list(CONFIGS)}")
@@ -404,6 +437,7 @@ def main() -> None:
     parser.add_argument("--versus", help="with --table: paired differences against this config")
     parser.add_argument("--merge_weights", type=float, nargs="*", help="WiSE-FT of kept --configs runs, after the fact")
     parser.add_argument("--official", action="store_true", help="train --configs on the official split, score test")
+    parser.add_argument("--pool", nargs="*", help="stored entries of one config, other seeds: pooled per query")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "datasets", "ttsn_hf"):
@@ -415,6 +449,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown config(s) {unknown}; see --list")
     results = load_results(args.output)
+    if args.pool:
+        pooled = pool_seeds(results, args.pool)
+        results.setdefault("pooled", {})["+".join(args.pool)] = pooled
+        write_json(args.output, results)
+        print_table({"configs": {"+".join(args.pool): pooled}})
+        print_table({"configs": {"+".join(args.pool): pooled}}, "last_epoch")
+        return
     if args.table:
         print_table(results)
         print_table(results, "last_epoch")

@@ -26,6 +26,8 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .dropout import RandomBitsDropout, attention_with_random_bits_dropout
+
 ATTENTION_NAME = "ttsn_varlen_sdpa"
 PACKABLE_MODEL_TYPES = ("bert",)
 BUCKET_STEP = 8  # bucket widths are multiples of this: at most 7 pad positions per sequence, in attention only
@@ -95,19 +97,28 @@ def varlen_sdpa_attention(
     if varlen_plan is None:
         raise RuntimeError(f"attention '{ATTENTION_NAME}' needs the varlen_plan of varlen_attention()")
     heads, head_dim = query.shape[1], query.shape[-1]
+    attend = _sdpa
+    if dropout > 0 and query.device.type == "cpu" and isinstance(getattr(module, "dropout", None), RandomBitsDropout):
+        attend = attention_with_random_bits_dropout  # the module's dropout was swapped: its attention's too
     # [1, heads, tokens, d] is a transposed view of the projection's [tokens, heads, d]: one row gather per tensor
-    slots = [states[0].transpose(0, 1).index_select(0, varlen_plan.gather_index) for states in (query, key, value)]
-    outputs, start = [], 0
-    for bucket in varlen_plan.buckets:
-        size = bucket.count * bucket.width
-        q, k, v = (s[start : start + size].view(bucket.count, bucket.width, heads, head_dim).transpose(1, 2)
-                   for s in slots)  # fmt: skip
-        output = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=bucket.key_mask, dropout_p=dropout, scale=scaling
-        )  # [count, heads, width, head_dim]
+    sizes = [bucket.count * bucket.width for bucket in varlen_plan.buckets]
+    # split, not slicing: one backward node per tensor (a slice's backward writes a zero-filled full-size grad)
+    slots = [
+        states[0].transpose(0, 1).index_select(0, varlen_plan.gather_index).split(sizes)
+        for states in (query, key, value)
+    ]
+    outputs = []
+    for bucket, size, *qkv in zip(varlen_plan.buckets, sizes, *slots, strict=True):
+        q, k, v = (s.view(bucket.count, bucket.width, heads, head_dim).transpose(1, 2) for s in qkv)
+        output = attend(q, k, v, bucket.key_mask, dropout, scaling)  # [count, heads, width, head_dim]
         outputs.append(output.transpose(1, 2).reshape(size, heads, head_dim))
-        start += size
     return torch.cat(outputs).index_select(0, varlen_plan.restore).unsqueeze(0), None
+
+
+def _sdpa(query, key, value, key_mask, dropout: float, scale: float | None) -> torch.Tensor:
+    return nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=key_mask, dropout_p=dropout, scale=scale
+    )
 
 
 ALL_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, varlen_sdpa_attention)

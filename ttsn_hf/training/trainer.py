@@ -10,6 +10,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..errors import NonFiniteLossError
 from ..losses import CombinedLoss
+from ..modeling.dropout import use_random_bits_dropout
 from ..modeling.model import TwoTowerModel
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
@@ -25,6 +26,8 @@ class TwoTowerTrainer(Trainer):
 
     def __init__(self, *args, loss: nn.Module | None = None, retrieval_evaluator=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.device.type == "cpu" and getattr(self.args, "random_bits_dropout", True):
+            use_random_bits_dropout(self.model)
         self.loss = loss or CombinedLoss()
         self.retrieval_evaluator = retrieval_evaluator  # adds eval_recall@10, eval_ndcg@10 to each evaluation
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
