@@ -1,4 +1,4 @@
-"""TwoTowerTrainer: a transformers.Trainer that routes pair batches to the combined loss and logs its parts."""
+"""TwoTowerTrainer: a transformers.Trainer that routes query-group batches to the combined loss and logs its parts."""
 
 from __future__ import annotations
 
