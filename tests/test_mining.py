@@ -11,7 +11,9 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
+import sentence_transformers
 import torch
+from packaging.version import Version
 from sentence_transformers import util as st_util
 
 from ttsn_hf.errors import UserInputError
@@ -90,8 +92,20 @@ def synthetic():
     return query_emb, product_emb, query_ids, product_ids, positives
 
 
+# sentence-transformers 6.3 retrieves one candidate more per query than range_max + max_positives: a slot kept for
+# the query's own text, which its corpus may hold and which it then drops. A product catalogue never holds the
+# query, so ours retrieves range_max + m (m: most excluded products of a query), 6.2's depth; on >= 6.3 the same
+# depth is range_max - 1 there (its top-k window is then one shorter, which "top" sampling never reaches).
+ST_KEEPS_A_SLOT_FOR_THE_QUERY = Version(sentence_transformers.__version__) >= Version("6.3")
+
+
 def sentence_transformers_negatives(synthetic, **settings):
     query_emb, product_emb, query_ids, product_ids, positives = synthetic
+    if ST_KEEPS_A_SLOT_FOR_THE_QUERY:
+        most_positives = max(map(len, positives.values()))
+        margin = settings.get("absolute_margin") is not None or settings.get("relative_margin") is not None
+        default = settings.get("range_min", 0) + (10 if margin else 1) * settings["num_negatives"] + most_positives
+        settings = {**settings, "range_max": (settings.get("range_max") or default) - 1}
     embedding_of = dict(zip(query_ids, query_emb, strict=True)) | dict(zip(product_ids, product_emb, strict=True))
     pairs = [(qid, pid) for qid in query_ids for pid in sorted(positives[qid])]
     dataset = datasets.Dataset.from_dict({"query": [q for q, _ in pairs], "product": [p for _, p in pairs]})
