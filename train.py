@@ -10,7 +10,7 @@ from accelerate import PartialState
 from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments, parse_args
 from ttsn_hf.errors import cli_entry
 from ttsn_hf.training.run import TrainingRun, configure_threads, environment_line
-from ttsn_hf.training.state import format_run_summary, run_summary, write_run_summary
+from ttsn_hf.training.summary import format_run_summary, run_summary, write_run_summary
 
 logger = logging.getLogger("train")
 SEED_ALIASES = {

@@ -67,7 +67,7 @@ def test_best_model_follows_the_selection_metric_not_the_loss(tiny_encoder_dir, 
     args = TwoTowerTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
     assert args.metric_for_best_model == "eval_ndcg@10" and args.greater_is_better
     for epoch, (loss, ndcg) in enumerate([(1.0, 0.5), (0.5, 0.4)], start=1):
-        state = SimpleNamespace(is_world_process_zero=True, epoch=float(epoch))
+        state = SimpleNamespace(is_world_process_zero=True, epoch=float(epoch), global_step=10 * epoch)
         metrics = {"eval_loss": loss, "eval_ndcg@10": ndcg}
         callback.on_evaluate(args, state, None, metrics=metrics, model=model)
     record = json.loads((tmp_path / "schedule_state.json").read_text())
@@ -77,7 +77,7 @@ def test_best_model_follows_the_selection_metric_not_the_loss(tiny_encoder_dir, 
     by_loss = TwoTowerTrainingArguments(output_dir=str(tmp_path), use_cpu=True, metric_for_best_model="eval_loss")
     write_state(tmp_path, fresh_state())
     for epoch, (loss, ndcg) in enumerate([(1.0, 0.5), (0.5, 0.4)], start=1):
-        state = SimpleNamespace(is_world_process_zero=True, epoch=float(epoch))
+        state = SimpleNamespace(is_world_process_zero=True, epoch=float(epoch), global_step=10 * epoch)
         callback.on_evaluate(by_loss, state, None, metrics={"eval_loss": loss, "eval_ndcg@10": ndcg}, model=model)
     assert json.loads((tmp_path / "schedule_state.json").read_text())["best"]["epoch"] == 2
 

@@ -68,7 +68,7 @@ def test_run_mines_on_the_trainer_device_and_ends_with_a_summary(full_run):
     summary = json.loads((output / "run_summary.json").read_text())
     state = json.loads((output / "schedule_state.json").read_text())
     assert summary["best"]["epoch"] == state["best"]["epoch"] and summary["best"]["metric"] == "eval_ndcg@10"
-    assert set(summary["validation"]) == {"1", "2", "3", "4"} and set(summary["stage_seconds"]) == {"1", "2", "3"}
+    assert set(summary["validation"]) == {"0", "1", "2", "3", "4"} and set(summary["stage_seconds"]) == {"1", "2", "3"}
     assert all("eval_infonce_loss" in figures for figures in summary["validation"].values())
 
 
@@ -103,7 +103,7 @@ def test_a_run_with_another_model_never_trains_on_the_first_runs_negatives(full_
     output = copy_of(full_run, tmp_path)
     first_miner = mined_by(output)
     other_model = tiny_encoder(tmp_path / "other_encoder", seed=1)
-    run_train(*quick_args(esci_sample, other_model, output, "--stage", "1"))
+    run_train(*quick_args(esci_sample, other_model, output, "--stage", "1", "--overwrite_output_dir"))
     result = run_train(*quick_args(esci_sample, other_model, output, "--stage", "2"))
     stage1_model = TwoTowerModel.from_pretrained(output / "epoch_1")
     assert mined_by(output) == model_fingerprint(stage1_model) != first_miner
@@ -115,7 +115,7 @@ def test_explicit_negatives_of_another_model_are_used_with_a_warning(full_run, e
     negatives = tmp_path / "theirs.parquet"
     shutil.copy(output / "hard_negatives_stage2.parquet", negatives)
     negatives.with_suffix(".json").write_text(json.dumps({"model_fingerprint": "f" * 64}))
-    args = quick_args(esci_sample, "", output, "--stage", "2", "--hard_negatives", negatives)
+    args = quick_args(esci_sample, "", output, "--stage", "2", "--hard_negatives", negatives, "--overwrite_output_dir")
     result = run_train(*args)
     assert f"--hard_negatives {negatives} were mined by model ffffffffffff" in result.stderr
     assert "mining hard negatives" not in result.stderr
@@ -174,3 +174,61 @@ def test_two_processes_log_the_loss_components_of_one(esci_sample, tmp_path):
     assert len(one) == len(two) == 2
     for first, second in zip(one, two, strict=True):
         assert [first[name] for name in names] == pytest.approx([second[name] for name in names], rel=1e-4)
+
+
+def weights_hash(folder: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((folder / "0_Transformer" / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_the_base_model_is_epoch_0_and_the_summary_says_whether_training_helped(full_run):
+    output, result = full_run
+    state = json.loads((output / "schedule_state.json").read_text())
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert state["epochs"]["0"]["stage"] == 0 and "eval_ndcg@10" in state["epochs"]["0"]
+    assert summary["base_model_validation"] == summary["validation"]["0"]
+    assert summary["best"]["epoch"] != 0, "best_model is always a trained epoch"
+    noise = summary["noise"]
+    assert noise["metric"] == "ndcg@10" and noise["validation_queries"] > 0
+    assert set(noise["best_minus"]) == {"0", "1", "2", "3", "4"} - {str(summary["best"]["epoch"])}
+    assert "base model" in noise["statement"] and f"noise: {noise['statement']}" in result.stdout
+    assert "  base model: " in result.stdout
+
+
+def test_a_second_run_into_a_finished_folder_stops_in_one_line(full_run, esci_sample, tiny_encoder_dir, tmp_path):
+    output = copy_of(full_run, tmp_path)
+    before = (output / "schedule_state.json").read_text(), weights_hash(output / "epoch_1")
+    result = run_train(*quick_args(esci_sample, tiny_encoder_dir, output), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "already holds epoch(s) 1, 2, 3, 4" in result.stderr and "--overwrite_output_dir" in result.stderr
+    assert ((output / "schedule_state.json").read_text(), weights_hash(output / "epoch_1")) == before
+
+
+def test_a_run_on_another_query_split_stops_before_training(full_run, esci_sample, tiny_encoder_dir, tmp_path):
+    output = copy_of(full_run, tmp_path)
+    args = quick_args(esci_sample, tiny_encoder_dir, output, "--stage", "3", "--seed", 7, "--overwrite_output_dir")
+    result = run_train(*args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "another split" in result.stderr and "seed 42 there, 7 here" in result.stderr
+    assert json.loads((output / "schedule_state.json").read_text())["completed_stages"] == [1, 2, 3]
+
+
+def test_best_model_is_re_picked_when_a_resume_trains_it_again(full_run, esci_sample, tiny_encoder_dir, tmp_path):
+    """Epoch 4 was best by far; resuming from stage 2's checkpoint trains epochs 3-4 again, which score lower:
+    best_model must be the best of the epochs of this lineage, not the old epoch 4."""
+    output = copy_of(full_run, tmp_path)
+    state = json.loads((output / "schedule_state.json").read_text())
+    state["epochs"]["4"]["eval_ndcg@10"] = 2.0  # no real epoch reaches it
+    state["best"] = {**state["best"], "epoch": 4, "eval_ndcg@10": 2.0}
+    (output / "schedule_state.json").write_text(json.dumps(state))
+    shutil.rmtree(output / "best_model")
+    shutil.copytree(output / "epoch_4", output / "best_model")
+    (checkpoint,) = (output / "stage2").glob("checkpoint-*")
+    run_train(*quick_args(esci_sample, tiny_encoder_dir, output, "--resume_from_checkpoint", checkpoint))
+    state = json.loads((output / "schedule_state.json").read_text())
+    scores = {int(epoch): figures["eval_ndcg@10"] for epoch, figures in state["epochs"].items() if epoch != "0"}
+    assert set(scores) == {1, 2, 3, 4} and max(scores.values()) < 2.0
+    best = min(epoch for epoch, value in scores.items() if value == max(scores.values()))
+    assert state["best"]["epoch"] == best
+    assert weights_hash(output / "best_model") == weights_hash(output / f"epoch_{best}")

@@ -140,6 +140,9 @@ class TwoTowerTrainingArguments(TrainingArguments):
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "group_by_length batches products of similar length."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train over the epochs an earlier run left in --output_dir."}
+    )
     random_bits_dropout: bool = field(
         default=True,
         metadata={"help": "CPU dropout masks from 16-bit random integers (~3x cheaper than torch's; p to 2^-16)."},

@@ -10,8 +10,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .evaluate import evaluate_model
+from .metrics import metric_names
 
 DEFAULT_SELECTION_CORPUS_SIZE = 100_000
+SELECTION_METRICS = tuple(metric_names(10))  # each is logged as eval_<name> at every validation
 
 
 class RetrievalEvaluator:
@@ -55,17 +57,23 @@ class RetrievalEvaluator:
         self.product_ids = product_ids.to_pylist()
         self.product_texts = pc.fill_null(catalogue["product_text"], "").to_pylist()
         self.batch_size, self.bf16 = batch_size, bf16
+        self.query_ids: list[str] = []
+        self.last_per_query: dict[str, list[float | None]] = {}
 
     def __call__(self, model) -> dict[str, float]:
+        """Every metric of :data:`SELECTION_METRICS`, averaged over the queries; the per-query values are kept
+        in ``last_per_query`` ({metric: [value per query of ``query_ids``]}, None where undefined)."""
         was_training = model.training
         model.eval()
         try:
-            summary, _ = evaluate_model(
+            summary, per_query = evaluate_model(
                 model, self.queries, self.qrels, self.product_ids, self.product_texts, 100, self.batch_size, self.bf16
             )
         finally:
             model.train(was_training)
-        return {name: float(summary[name]) for name in ("recall@10", "ndcg@10", "mrr")}
+        self.query_ids = [row["query_id"] for row in per_query]
+        self.last_per_query = {name: [row[name] for row in per_query] for name in SELECTION_METRICS}
+        return {name: float(summary[name]) for name in SELECTION_METRICS}
 
 
 def _arrow(table: pd.DataFrame | datasets.Dataset) -> pa.Table:

@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
@@ -22,7 +23,12 @@ from ..errors import UserInputError
 from .configuration import TwoTowerConfig
 from .hub import ensure_hub_reachable
 from .model_card import write_model_card
-from .packing import can_pack, joint_packed_mean_embeddings, packed_mean_embeddings
+from .packing import (
+    can_pack,
+    joint_packed_mean_embeddings,
+    packed_mean_embeddings,
+    recompute_with_the_same_attention,
+)
 from .pretrained import default_base_model, recorded_name, resolve_pretrained
 from .sentence_transformers_export import ENCODER_DIR, PRODUCT_ENCODER_DIR, write_sentence_transformers_files
 
@@ -142,6 +148,14 @@ class TwoTowerModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=checkpoint, **kwargs):
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, **kwargs)
+        for tower in {id(self._tower(name)): self._tower(name) for name in ("query", "product")}.values():
+            recompute = recompute_with_the_same_attention(gradient_checkpointing_func, tower.config)
+            for module in tower.modules():
+                if hasattr(module, "gradient_checkpointing"):
+                    module._gradient_checkpointing_func = recompute
 
     def _tower(self, tower: str) -> PreTrainedModel:
         return self.encoder if tower == "query" or self.config.tie_towers else self.product_encoder

@@ -17,7 +17,7 @@ others (MPNet with its own attention, RoBERTa's offset position ids) take the pa
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -126,16 +126,38 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, flash_attention_mask)  # n
 
 
 @contextmanager
-def varlen_attention(encoder: nn.Module) -> Iterator[None]:
-    """Run the encoder's attention as :func:`varlen_sdpa_attention` inside the block (the config's own
-    implementation is restored after, and is never saved: transformers does not serialise it)."""
-    config = encoder.config
+def attention_implementation(config, name: str) -> Iterator[None]:
+    """``config._attn_implementation = name`` inside the block; the previous one is restored after."""
     previous = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
+    config._attn_implementation = name
     try:
         yield
     finally:
         config._attn_implementation = previous
+
+
+def varlen_attention(encoder: nn.Module):
+    """Run the encoder's attention as :func:`varlen_sdpa_attention` inside the block (the config's own
+    implementation is restored after, and is never saved: transformers does not serialise it)."""
+    return attention_implementation(encoder.config, ATTENTION_NAME)
+
+
+def recompute_with_the_same_attention(checkpoint: Callable, config) -> Callable:
+    """Wrap a gradient-checkpointing function (``torch.utils.checkpoint.checkpoint`` with its kwargs) so that the
+    backward's recompute runs the attention the forward ran. The packed path switches ``_attn_implementation``
+    only around the forward call; a recompute outside that switch would run the config's own attention over the
+    whole flat sequence (tokens attending across sequences) or fail torch's saved-tensor check."""
+
+    def checkpointed(function: Callable, *args, **kwargs):
+        implementation = config._attn_implementation  # what this forward runs
+
+        def run_with_the_same_attention(*inner_args, **inner_kwargs):
+            with attention_implementation(config, implementation):
+                return function(*inner_args, **inner_kwargs)
+
+        return checkpoint(run_with_the_same_attention, *args, **kwargs)
+
+    return checkpointed
 
 
 def _varlen_mean_embeddings(encoder: nn.Module, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

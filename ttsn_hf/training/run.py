@@ -25,12 +25,15 @@ from .schedule import Stage, build_schedule
 from .stage_data import StageData, known_positives, load_training_data
 from .state import (
     EpochCheckpointCallback,
+    checkpoint_epochs,
     checkpoint_stage,
+    forget_epochs_from,
     fresh_state,
     last_complete_checkpoint,
     read_state,
     record_stage_finished,
     remove_checkpoints,
+    remove_earlier_run,
     selection_metric,
     write_state,
 )
@@ -81,7 +84,10 @@ class TrainingRun:
         if training_args.push_to_hub:
             self.warn_if_hub_unreachable()
         self.schedule = build_schedule(schedule_args.epochs_per_stage, schedule_args.learning_rates)
+        self.check_not_overwriting()
         self.data = StageData(data_args, schedule_args, training_args, self.output_dir)
+        self.lineage = self.current_lineage()
+        self.check_same_lineage()
         self.loss = CombinedLoss(
             WeightedContrastiveLoss(schedule_args.margin),
             InBatchInfoNCELoss(
@@ -131,7 +137,17 @@ class TrainingRun:
             stages = list(self.schedule)
         else:
             stages = [self.schedule[int(self.schedule_args.stage) - 1]]
-        return [stage for stage in stages if stage.number >= (self.resume_stage or 1)]
+        stages = [stage for stage in stages if stage.number >= (self.resume_stage or 1)]
+        if self.resume_requested() and not self.resume_from_path():
+            completed = read_state(self.output_dir)["completed_stages"]
+            for stage in [stage for stage in stages if stage.number in completed]:
+                logger.info("stage %d already completed: skipped", stage.number)
+            stages = [stage for stage in stages if stage.number not in completed]
+        return stages
+
+    def continues_a_run(self) -> bool:
+        """Whether this run builds on the output folder's earlier epochs (a later stage, or a resume)."""
+        return self.resume_requested() or self.schedule_args.stage not in ("all", "1")
 
     def resume_checkpoint(self, stage: Stage, stage_dir: Path) -> str | None:
         """Only the stage a checkpoint path belongs to resumes from it; ``true`` resumes each stage's last one."""
@@ -141,17 +157,59 @@ class TrainingRun:
             return last_complete_checkpoint(stage_dir, remove_incomplete=self.training_args.should_save)
         return None
 
+    # ---------------------------------------------------------------- one lineage per output folder
+
+    def check_not_overwriting(self) -> None:
+        """transformers' convention: an output folder's finished epochs are not trained over without
+        ``--overwrite_output_dir`` (or a resume)."""
+        if self.resume_requested() or self.training_args.overwrite_output_dir:
+            return
+        epochs = [epoch for stage in self.stages_to_run() for epoch in stage.epochs]
+        existing = [epoch for epoch in epochs if (self.output_dir / f"epoch_{epoch}").is_dir()]
+        if existing:
+            raise UserInputError(
+                f"--output_dir {self.output_dir} already holds epoch(s) {', '.join(map(str, existing))} of an "
+                "earlier run: pass --overwrite_output_dir to train them again, --resume_from_checkpoint true to "
+                "finish an interrupted run, or another --output_dir"
+            )
+
+    def current_lineage(self) -> dict:
+        """What this run's epochs are compared on: the query split and the selection corpus."""
+        return {
+            "split": self.data.split_record(),
+            "selection": {
+                "corpus_size": self.data_args.selection_corpus_size,
+                "max_eval_samples": self.data_args.max_eval_samples,
+                "seed": self.training_args.seed,
+            },
+        }
+
+    def check_same_lineage(self) -> None:
+        """A run that continues an output folder must validate on the queries its epochs were validated on: else
+        best_model would compare epochs scored on two validation sets (and train on the other's queries)."""
+        recorded = read_state(self.output_dir).get("lineage") or {}
+        if not self.continues_a_run() or not recorded:
+            return
+        for part, settings in self.lineage.items():
+            differences = [
+                f"{name} {recorded[part].get(name)!r} there, {value!r} here"
+                for name, value in settings.items()
+                if part in recorded and recorded[part].get(name) != value
+            ]
+            if differences:
+                raise UserInputError(
+                    f"--output_dir {self.output_dir} was trained with another {part} ({'; '.join(differences)}): "
+                    "pass the flags it was trained with (--seed, --validation_fraction, --selection_corpus_size, "
+                    "--max_eval_samples), or start over with --stage all --overwrite_output_dir"
+                )
+
     # ---------------------------------------------------------------- the schedule
 
     def run(self) -> dict:
         stages = self.stages_to_run()
-        if self.training_args.should_save:
-            self.start_state(stages)
-        completed = read_state(self.output_dir)["completed_stages"]
+        if stages and self.training_args.should_save:
+            self.start_state(stages[0])
         for stage in stages:
-            if stage.number in completed and self.resume_requested() and not self.resume_from_path():
-                logger.info("stage %d already completed: skipped", stage.number)
-                continue
             self.train_stage(stage)
         if self.schedule_args.merge_base_weight and self.training_args.should_save:
             merge_saved_model(self.output_dir / "best_model", self.base_model(), self.schedule_args.merge_base_weight)
@@ -159,17 +217,18 @@ class TrainingRun:
             self.push_best_model()
         return read_state(self.output_dir)
 
-    def start_state(self, stages: list[Stage]) -> None:
-        """A new run forgets an earlier run's best and resume points; a resumed stage and those after it are no
-        longer complete."""
-        if stages[0].number == 1 and not self.resume_requested():
-            write_state(self.output_dir, fresh_state())
-            for stage in stages:
-                remove_checkpoints(self.output_dir / f"stage{stage.number}")
-        elif self.resume_from_path():
-            record = read_state(self.output_dir)
-            record["completed_stages"] = [n for n in record["completed_stages"] if n < self.resume_stage]
-            write_state(self.output_dir, record)
+    def start_state(self, first: Stage) -> None:
+        """A new run forgets an earlier run's epochs and resume points; a run that continues the folder forgets
+        the epochs it trains again, and best_model is re-picked among those that stay."""
+        if not self.continues_a_run():
+            write_state(self.output_dir, {**fresh_state(), "lineage": self.lineage})
+            remove_earlier_run(self.output_dir)
+            return
+        checkpoint = self.resume_checkpoint(first, self.output_dir / f"stage{first.number}")
+        first_epoch = first.epochs[0] + (checkpoint_epochs(checkpoint) if checkpoint else 0)
+        record = forget_epochs_from(self.output_dir, first, first_epoch, *selection_metric(self.training_args))
+        if not record.get("lineage"):
+            write_state(self.output_dir, {**record, "lineage": self.lineage})
 
     def train_stage(self, stage: Stage) -> None:
         started = time.monotonic()
@@ -177,7 +236,10 @@ class TrainingRun:
         splits = self.data.for_stage(stage.number, model, self.miner(stage, model))
         trainer = self.trainer(stage, model, splits["train"], self.data.validation(model))
         stage_dir = Path(trainer.args.output_dir)
-        trainer.train(resume_from_checkpoint=self.resume_checkpoint(stage, stage_dir))
+        checkpoint = self.resume_checkpoint(stage, stage_dir)
+        if stage.number == 1 and checkpoint is None:
+            trainer.evaluate()  # the base model, by the same evaluator: epoch 0 of the summary
+        trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_state()  # stageN/trainer_state.json: the stage's log history outlives its checkpoints
         if trainer.is_world_process_zero():
             record_stage_finished(
@@ -235,6 +297,7 @@ class TrainingRun:
         negatives = self.data_args.negatives_per_query
         collator = TwoTowerCollator(model.tokenizer, negatives, self.training_args.seed)
         evaluation = self.cap(validation, self.data_args.max_eval_samples)
+        evaluator = self.selection_evaluator(evaluation)
         return TwoTowerTrainer(
             model=model,
             args=args,
@@ -242,9 +305,9 @@ class TrainingRun:
             eval_dataset=self.tokenize(evaluation, model, pool_limit=negatives),
             data_collator=collator,
             loss=self.loss,
-            retrieval_evaluator=self.selection_evaluator(evaluation),
+            retrieval_evaluator=evaluator,
             callbacks=[
-                EpochCheckpointCallback(self.output_dir, stage),
+                EpochCheckpointCallback(self.output_dir, stage, evaluator),
                 NegativeDrawCallback(collator, stage.epochs[0]),
             ],
         )

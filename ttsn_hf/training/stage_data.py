@@ -3,6 +3,7 @@ by the model the stage continues from (re-mined when a file was mined by another
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -12,7 +13,7 @@ from accelerate import PartialState
 
 from ..arguments import DataArguments, ScheduleArguments, TwoTowerTrainingArguments
 from ..data.esci import load_esci
-from ..data.stages import SUMMARY_FILE, build_stage, load_prepared
+from ..data.stages import SUMMARY_FILE, build_stage, load_prepared, split_queries
 from ..errors import UserInputError
 from ..labels import KNOWN_POSITIVE_LABELS
 from ..modeling.model import TwoTowerModel
@@ -80,6 +81,21 @@ class StageData:
                 self.validation_fraction,
             )
         self.known_positives = known_positives(self.esci.judgements)
+
+    def split_record(self) -> dict:
+        """The query split every stage uses: its seed, validation fraction and a hash of the validation query ids."""
+        if self.prepared:
+            validation = sorted(validation_queries(next(iter(self.prepared.values()))))
+        else:
+            judgements = self.esci.judgements.select_columns(["query_id", "split"]).to_pandas()
+            validation = split_queries(judgements, self.validation_fraction, self.seed)[1]
+        digest = hashlib.sha256("\n".join(map(str, validation)).encode()).hexdigest()
+        return {
+            "seed": self.seed,
+            "validation_fraction": self.validation_fraction,
+            "validation_queries": len(validation),
+            "validation_query_ids_sha256": digest,
+        }
 
     def validation(self, model: TwoTowerModel) -> datasets.Dataset:
         return (self.prepared.get(1) or self.build(1, model, model))["validation"]

@@ -18,15 +18,14 @@ from .schedule import Stage
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "schedule_state.json"
-SUMMARY_FILE = "run_summary.json"
-WORLD_SIZE_NOTE = (
-    "InfoNCE losses grow with the global batch (more in-batch negatives): compare them only between runs "
-    "with the same processes x per-device batch size"
-)
+PER_QUERY_FILE = "validation_per_query.json"
+
+
+BASE_EPOCH = "0"  # the base model, scored by the same selection evaluator before any training
 
 
 def fresh_state() -> dict:
-    return {"epochs": {}, "completed_stages": [], "best": None, "stage_seconds": {}}
+    return {"epochs": {}, "completed_stages": [], "best": None, "stage_seconds": {}, "lineage": {}}
 
 
 def read_state(output_dir: Path) -> dict:
@@ -44,31 +43,42 @@ def save_model(model: TwoTowerModel, folder: Path) -> None:
 
 
 class EpochCheckpointCallback(TrainerCallback):
-    """After each epoch's validation: write ``epoch_N/`` and, on a new best ``metric_for_best_model`` (a validation
-    retrieval metric by default, else the validation loss), ``best_model/``."""
+    """After each epoch's validation: write ``epoch_N/`` and, when it is the best epoch of the run so far by
+    ``metric_for_best_model`` (a validation retrieval metric by default, else the validation loss), ``best_model/``.
+    An evaluation before the first step scores the base model: recorded as epoch 0, nothing saved."""
 
-    def __init__(self, output_dir: Path, stage: Stage):
-        self.output_dir, self.stage = output_dir, stage
+    def __init__(self, output_dir: Path, stage: Stage, evaluator=None):
+        self.output_dir, self.stage, self.evaluator = output_dir, stage, evaluator
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not state.is_world_process_zero or model is None:
             return
+        record = read_state(self.output_dir)
+        if state.global_step == 0:
+            record["epochs"][BASE_EPOCH] = {"stage": 0, **metrics}
+            self.keep_per_query(BASE_EPOCH)
+            write_state(self.output_dir, record)
+            return
         epoch = self.stage.epochs[0] + max(1, math.ceil(state.epoch - 1e-3)) - 1
         save_model(model, self.output_dir / f"epoch_{epoch}")
-        record = read_state(self.output_dir)
         record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
-        name, greater = selection_metric(args)
-        best = record.get("best")
-        if best is None or name not in best or is_better(metrics[name], best[name], greater):
+        self.keep_per_query(str(epoch))
+        best = best_record(record["epochs"], *selection_metric(args))
+        if best["epoch"] == epoch:
             save_model(model, self.output_dir / "best_model")
-            record["best"] = {
-                "epoch": epoch,
-                "metric": name,
-                "greater_is_better": greater,
-                "eval_loss": metrics["eval_loss"],
-                name: metrics[name],
-            }
+        record["best"] = best
         write_state(self.output_dir, record)
+
+    def keep_per_query(self, epoch: str) -> None:
+        """The evaluator's per-query figures of this epoch, for the summary's noise statement."""
+        if self.evaluator is None or not getattr(self.evaluator, "last_per_query", None):
+            return
+        path = self.output_dir / PER_QUERY_FILE
+        kept = json.loads(path.read_text()) if path.exists() else {"query_ids": self.evaluator.query_ids, "epochs": {}}
+        if kept["query_ids"] != self.evaluator.query_ids:  # another validation set: a new lineage
+            kept = {"query_ids": self.evaluator.query_ids, "epochs": {}}
+        kept["epochs"][epoch] = self.evaluator.last_per_query
+        write_text_atomic(path, json.dumps(kept))
 
 
 def selection_metric(args) -> tuple[str, bool]:
@@ -79,8 +89,49 @@ def selection_metric(args) -> tuple[str, bool]:
     return name, greater
 
 
-def is_better(value: float, best: float, greater: bool) -> bool:
-    return value > best if greater else value < best
+def best_record(epochs: dict, metric: str, greater: bool) -> dict | None:
+    """The best trained epoch of ``epochs`` (the base model, epoch 0, is never best_model: it is the yardstick);
+    ties go to the earlier epoch."""
+    trained = sorted((int(epoch), figures) for epoch, figures in epochs.items() if epoch != BASE_EPOCH)
+    scored = [(epoch, figures) for epoch, figures in trained if metric in figures]
+    if not scored:
+        return None
+    sign = -1 if greater else 1
+    epoch, figures = min(scored, key=lambda item: (sign * item[1][metric], item[0]))
+    return {
+        "epoch": epoch,
+        "metric": metric,
+        "greater_is_better": greater,
+        "eval_loss": figures.get("eval_loss"),
+        metric: figures[metric],
+    }
+
+
+def forget_epochs_from(output_dir: Path, stage: Stage, first_epoch: int, metric: str, greater: bool) -> dict:
+    """Drop the records of epochs ``first_epoch`` and later (of ``stage``, about to be trained again, and of the
+    stages after it) and re-pick best_model among the epochs that stay, copying that epoch's folder into
+    ``best_model/`` when it held a forgotten one: best_model is always the best epoch of the current lineage."""
+    record = read_state(output_dir)
+    record["epochs"] = {
+        epoch: figures for epoch, figures in record["epochs"].items() if epoch == BASE_EPOCH or int(epoch) < first_epoch
+    }
+    record["completed_stages"] = [number for number in record["completed_stages"] if number < stage.number]
+    best = best_record(record["epochs"], metric, greater)
+    held = (record.get("best") or {}).get("epoch")
+    if best is None:
+        shutil.rmtree(Path(output_dir) / "best_model", ignore_errors=True)
+    elif best["epoch"] != held:
+        copy_epoch_to_best_model(Path(output_dir), best["epoch"])
+    record["best"] = best
+    write_state(output_dir, record)
+    return record
+
+
+def copy_epoch_to_best_model(output_dir: Path, epoch: int) -> None:
+    source = output_dir / f"epoch_{epoch}"
+    with atomic_path(output_dir / "best_model") as temporary:
+        shutil.copytree(source, temporary)
+    logger.info("best_model/ is epoch %d again (the epochs after it are trained anew)", epoch)
 
 
 def record_stage_finished(output_dir: Path, stage: Stage, seconds: float, world_size: int, loss_config: dict) -> None:
@@ -110,6 +161,12 @@ def checkpoint_stage(path: str) -> int:
     return int(stage.group(1))
 
 
+def checkpoint_epochs(checkpoint: str) -> int:
+    """The whole epochs a stage's Trainer checkpoint had finished (its trainer_state.json's epoch)."""
+    trainer_state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int((trainer_state.get("epoch") or 0) + 1e-6)
+
+
 def last_complete_checkpoint(stage_dir: Path, remove_incomplete: bool = False) -> str | None:
     """The newest ``checkpoint-N`` whose save finished (Trainer writes ``trainer_state.json`` last); a checkpoint
     cut short by a crash is skipped, and removed when ``remove_incomplete``."""
@@ -123,66 +180,19 @@ def last_complete_checkpoint(stage_dir: Path, remove_incomplete: bool = False) -
     return None
 
 
+def remove_earlier_run(output_dir: Path) -> None:
+    """What an earlier run left that a new one (``--overwrite_output_dir``) would otherwise mix with its own:
+    epoch folders, best_model, resume points, per-query validation figures."""
+    output_dir = Path(output_dir)
+    for folder in [*output_dir.glob("epoch_*"), output_dir / "best_model"]:
+        if folder.is_dir() and re.fullmatch(r"epoch_\d+|best_model", folder.name):
+            shutil.rmtree(folder)
+    for stage_dir in output_dir.glob("stage[0-9]"):
+        remove_checkpoints(stage_dir)
+    (output_dir / PER_QUERY_FILE).unlink(missing_ok=True)
+
+
 def remove_checkpoints(stage_dir: Path) -> None:
     """Drop a stage's ``checkpoint-*`` folders (Trainer resume points): its epochs live on in ``epoch_N/``."""
     for checkpoint in stage_dir.glob("checkpoint-*"):
         shutil.rmtree(checkpoint, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- closing summary
-
-
-def run_summary(output_dir: Path, data_option: str) -> dict:
-    """What the run left and what to do next, from ``schedule_state.json``."""
-    output_dir = Path(output_dir)
-    record = read_state(output_dir)
-    best = record.get("best")
-    metric = (best or {}).get("metric", "eval_loss")
-    direction = "highest" if (best or {}).get("greater_is_better") else "lowest"
-    validation = {
-        epoch: {name: value for name, value in metrics.items() if name.startswith("eval_") and is_figure(name)}
-        for epoch, metrics in sorted(record["epochs"].items(), key=lambda item: int(item[0]))
-    }
-    return {
-        "completed_stages": record["completed_stages"],
-        "best": None if best is None else {**best, "why": f"{direction} {metric} over the validation queries"},
-        "best_model": str(output_dir / "best_model"),
-        "epoch_folders": [str(output_dir / f"epoch_{epoch}") for epoch in validation],
-        "validation": validation,
-        "stage_seconds": record.get("stage_seconds", {}),
-        "world_size": record.get("world_size", 1),
-        "note": WORLD_SIZE_NOTE,
-        "next": (
-            f"python eval.py --model_name_or_path {output_dir / 'best_model'} {data_option} "
-            f"--output_dir {output_dir / 'eval'}"
-        ),
-    }
-
-
-def is_figure(metric: str) -> bool:
-    return not metric.endswith(("_runtime", "_per_second"))
-
-
-def write_run_summary(output_dir: Path, summary: dict) -> Path:
-    path = Path(output_dir) / SUMMARY_FILE
-    write_text_atomic(path, json.dumps(summary, indent=2))
-    return path
-
-
-def format_run_summary(summary: dict) -> str:
-    best = summary["best"]
-    lines = ["", "---- run summary ----"]
-    if best is None:
-        lines.append("no epoch was validated: no best model")
-    else:
-        value = best[best["metric"]]
-        lines.append(f"best epoch {best['epoch']} ({best['why']}: {value:.4f}) -> {summary['best_model']}")
-    for epoch, metrics in summary["validation"].items():
-        figures = ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items())
-        lines.append(f"  epoch {epoch}: {figures}")
-    if summary["epoch_folders"]:
-        lines.append(f"epoch folders: {Path(summary['epoch_folders'][0]).parent}/epoch_N")
-    seconds = ", ".join(f"stage {stage} {value:.0f}s" for stage, value in summary["stage_seconds"].items())
-    lines.append(f"time: {seconds or '-'} on {summary['world_size']} process(es); {summary['note']}")
-    lines.append(f"next: {summary['next']}")
-    return "\n".join(lines)
