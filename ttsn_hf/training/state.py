@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
 from ..modeling.model import TwoTowerModel
+from ..modeling.model_card import checkpoint_record
 from .schedule import Stage
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,17 @@ class EpochCheckpointCallback(TrainerCallback):
         if not state.is_world_process_zero or model is None:
             return
         epoch = self.stage.epochs[0] + max(1, math.ceil(state.epoch - 1e-3)) - 1
-        save_model(model, self.output_dir / f"epoch_{epoch}")
         record = read_state(self.output_dir)
+        # what each saved folder's card says of it (epoch, stage, its and the base model's validation figures)
+        card = model.config.checkpoint_record = checkpoint_record(
+            epoch, self.stage.number, metrics, record["epochs"].get("0")
+        )
+        save_model(model, self.output_dir / f"epoch_{epoch}")
         record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
         name, greater = selection_metric(args)
         best = record.get("best")
         if best is None or name not in best or is_better(metrics[name], best[name], greater):
+            card.update(best_of=sorted(int(e) for e in record["epochs"] if e != "0"), selected_by=name)
             save_model(model, self.output_dir / "best_model")
             record["best"] = {
                 "epoch": epoch,
