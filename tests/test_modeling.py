@@ -72,7 +72,7 @@ def test_untied_towers_have_their_own_product_encoder(tiny_encoder_dir, tmp_path
         model.product_encoder.embeddings.word_embeddings.weight.mul_(1.5)
     assert not np.allclose(model.encode_queries(TEXTS), model.encode_products(TEXTS), atol=1e-4)
     model.save_pretrained(tmp_path)
-    assert len(list(tmp_path.rglob("*.safetensors"))) == 2 and (tmp_path / "product_encoder").is_dir()
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 2 and (tmp_path / "0_Router" / "router_config.json").is_file()
     reloaded = TwoTowerModel.from_pretrained(tmp_path)
     assert not reloaded.config.tie_towers
     np.testing.assert_array_equal(reloaded.encode_products(TEXTS), model.encode_products(TEXTS))
@@ -148,7 +148,7 @@ def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny, monkeypatch):
         uploaded.update(
             repo_id=repo_id, files=sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*.*"))
         )
-        uploaded["card"] = ModelCard.load(Path(folder_path) / "README.md").data
+        uploaded["card"] = ModelCard.load(Path(folder_path) / "README.md")
 
     monkeypatch.setattr(modeling, "ensure_hub_reachable", lambda saved_at: None)
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: type("Url", (), {"repo_id": repo_id}))
@@ -156,4 +156,5 @@ def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny, monkeypatch):
     tiny.push_to_hub("someone/two-tower")
     assert uploaded["repo_id"] == "someone/two-tower" and "modules.json" in uploaded["files"]
     assert [name for name in uploaded["files"] if name.endswith(".safetensors")] == ["0_Transformer/model.safetensors"]
-    assert uploaded["card"].library_name == "sentence-transformers"
+    assert uploaded["card"].data.library_name == "sentence-transformers"
+    assert 'SentenceTransformer("someone/two-tower")' in uploaded["card"].text  # usage names the repo, not the folder

@@ -30,7 +30,12 @@ from .packing import (
     recompute_with_the_same_attention,
 )
 from .pretrained import default_base_model, recorded_name, resolve_pretrained
-from .sentence_transformers_export import ENCODER_DIR, PRODUCT_ENCODER_DIR, write_sentence_transformers_files
+from .sentence_transformers_export import (
+    encoder_folders,
+    remove_other_layouts,
+    saved_encoder_folders,
+    write_sentence_transformers_files,
+)
 
 ENCODER_KWARGS = ("dtype", "torch_dtype", "device_map", "attn_implementation", "low_cpu_mem_usage")
 
@@ -104,18 +109,19 @@ class TwoTowerModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *model_args, config=None, **kwargs):
         """Load a saved model: a local folder or a Hub id. The encoder weights live in the sentence-transformers
-        module folder (``0_Transformer/``), the untied product encoder in ``product_encoder/``."""
+        module folders (see :mod:`.sentence_transformers_export`; earlier layouts load too)."""
         folder = resolve_pretrained(pretrained_model_name_or_path)
         if not has_split_weights(folder):
             # saved before the weights were kept once, in the encoder's folder
             return super().from_pretrained(folder, *model_args, config=config, **kwargs)
         config = config if isinstance(config, TwoTowerConfig) else TwoTowerConfig.from_pretrained(folder)
         encoder_kwargs = {key: kwargs[key] for key in ENCODER_KWARGS if key in kwargs}
-        encoder = AutoModel.from_pretrained(folder / ENCODER_DIR, **encoder_kwargs)
-        product_encoder = None
-        if not config.tie_towers:
-            product_encoder = AutoModel.from_pretrained(folder / PRODUCT_ENCODER_DIR, **encoder_kwargs)
-        model = cls(config, encoder=encoder, product_encoder=product_encoder)
+        subfolders = saved_encoder_folders(folder)
+        towers = ["encoder"] if config.tie_towers else ["encoder", "product_encoder"]
+        if missing := [tower for tower in towers if tower not in subfolders]:
+            raise UserInputError(f"{folder}: config.json says untied towers, but the folder holds no {missing[0]}")
+        encoders = {tower: AutoModel.from_pretrained(folder / subfolders[tower], **encoder_kwargs) for tower in towers}
+        model = cls(config, **encoders)
         model._tokenizer = AutoTokenizer.from_pretrained(folder)
         model.name_or_path = model.config._name_or_path = str(pretrained_model_name_or_path)  # as given
         model._loaded_from = str(folder)
@@ -128,8 +134,9 @@ class TwoTowerModel(PreTrainedModel):
         folder = Path(folder)
         if not has_split_weights(folder):
             return False
-        for prefix, subfolder in self._encoder_folders():
-            getattr(self, prefix).load_state_dict(load_file(folder / subfolder / "model.safetensors"))
+        subfolders = saved_encoder_folders(folder)
+        for tower in encoder_folders(self.config.tie_towers):
+            getattr(self, tower).load_state_dict(load_file(folder / subfolders[tower] / "model.safetensors"))
         return True
 
     @property
@@ -239,13 +246,16 @@ class TwoTowerModel(PreTrainedModel):
         save_directory: str | Path,
         is_main_process: bool = True,
         state_dict: dict[str, torch.Tensor] | None = None,
+        model_card_name: str | None = None,
         **kwargs,
     ) -> None:
-        """Save the model so that both ``TwoTowerModel.from_pretrained`` and plain ``SentenceTransformer`` load it,
-        with the encoder weights stored once (safetensors), and write its model card.
+        """Save the model so that both ``TwoTowerModel.from_pretrained`` and plain ``SentenceTransformer`` load it
+        and embed a text alike (``encode_query`` as :meth:`encode_queries`, ``encode_document`` and ``encode`` as
+        :meth:`encode_products`), with the encoder weights stored once (safetensors), and write its model card
+        (its usage naming ``model_card_name``, by default the folder's name).
 
-        The root holds the two-tower config, the tokenizer and the card; the encoder lives in ``0_Transformer/``
-        (the sentence-transformers module), an untied product encoder in ``product_encoder/``.
+        The root holds the two-tower config, the tokenizer and the card; the encoders live in the
+        sentence-transformers module folders (``0_Transformer/``; untied: ``0_Router/{query,document}_0_Transformer/``).
         """
         if not is_main_process:
             return
@@ -254,23 +264,20 @@ class TwoTowerModel(PreTrainedModel):
         self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        for prefix, subfolder in self._encoder_folders():
-            getattr(self, prefix).save_pretrained(
+        remove_other_layouts(folder, self.config.tie_towers)
+        subfolders = encoder_folders(self.config.tie_towers)
+        for tower, subfolder in subfolders.items():
+            getattr(self, tower).save_pretrained(
                 folder / subfolder,
-                state_dict=_sub_state(state_dict, prefix),
+                state_dict=_sub_state(state_dict, tower),
                 max_shard_size=kwargs.get("max_shard_size", "5GB"),
             )
-        self.tokenizer.save_pretrained(folder / ENCODER_DIR)
-        if self.config.tie_towers:
-            write_sentence_transformers_files(folder, self.config)
-        write_model_card(folder, self.config)
-        for _, subfolder in self._encoder_folders():
+            self.tokenizer.save_pretrained(folder / subfolder)
+        write_sentence_transformers_files(folder, self.config)
+        write_model_card(folder, self.config, name=model_card_name)
+        for subfolder in subfolders.values():
             _give_default_permissions(folder / subfolder)
         self._saved_at = str(folder)
-
-    def _encoder_folders(self) -> list[tuple[str, str]]:
-        folders = [("encoder", ENCODER_DIR)]
-        return folders if self.config.tie_towers else [*folders, ("product_encoder", PRODUCT_ENCODER_DIR)]
 
     def push_to_hub(
         self,
@@ -289,7 +296,7 @@ class TwoTowerModel(PreTrainedModel):
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            self.save_pretrained(folder, max_shard_size=max_shard_size, model_card_name=repo_id)
             return api.upload_folder(
                 repo_id=repo_id,
                 folder_path=folder,
@@ -325,8 +332,8 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 def has_split_weights(folder: Path) -> bool:
-    """Saved by this version: the encoder weights in ``0_Transformer/``, none at the root."""
-    return (folder / ENCODER_DIR / "config.json").is_file() and not (folder / "model.safetensors").is_file()
+    """Saved with the encoder weights in the sentence-transformers module folders, none at the root."""
+    return bool(saved_encoder_folders(folder)) and not (folder / "model.safetensors").is_file()
 
 
 def is_two_tower_folder(path: str | Path) -> bool:

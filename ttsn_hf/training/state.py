@@ -1,4 +1,4 @@
-"""Schedule state: ``schedule_state.json`` (epochs, best epoch, finished stages), resume points and the summary."""
+"""Schedule state: ``schedule_state.json`` (epochs, best epoch, finished stages, lineage) and resume points."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from transformers import TrainerCallback
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
+from ..modeling.configuration import TwoTowerConfig
 from ..modeling.model import TwoTowerModel
+from ..modeling.model_card import checkpoint_record, write_model_card
 from .schedule import Stage
 
 logger = logging.getLogger(__name__)
@@ -60,11 +62,17 @@ class EpochCheckpointCallback(TrainerCallback):
             write_state(self.output_dir, record)
             return
         epoch = self.stage.epochs[0] + max(1, math.ceil(state.epoch - 1e-3)) - 1
+        # what each saved folder's card says of it (epoch, stage, its and the base model's validation figures)
+        card = model.config.checkpoint_record = checkpoint_record(
+            epoch, self.stage.number, metrics, record["epochs"].get(BASE_EPOCH)
+        )
         save_model(model, self.output_dir / f"epoch_{epoch}")
         record["epochs"][str(epoch)] = {"stage": self.stage.number, **metrics}
         self.keep_per_query(str(epoch))
-        best = best_record(record["epochs"], *selection_metric(args))
+        name, greater = selection_metric(args)
+        best = best_record(record["epochs"], name, greater)
         if best["epoch"] == epoch:
+            card.update(best_of=sorted(int(e) for e in record["epochs"] if e != BASE_EPOCH), selected_by=name)
             save_model(model, self.output_dir / "best_model")
         record["best"] = best
         write_state(self.output_dir, record)
@@ -121,16 +129,23 @@ def forget_epochs_from(output_dir: Path, stage: Stage, first_epoch: int, metric:
     if best is None:
         shutil.rmtree(Path(output_dir) / "best_model", ignore_errors=True)
     elif best["epoch"] != held:
-        copy_epoch_to_best_model(Path(output_dir), best["epoch"])
+        copy_epoch_to_best_model(Path(output_dir), best["epoch"], record["epochs"], metric)
     record["best"] = best
     write_state(output_dir, record)
     return record
 
 
-def copy_epoch_to_best_model(output_dir: Path, epoch: int) -> None:
-    source = output_dir / f"epoch_{epoch}"
+def copy_epoch_to_best_model(output_dir: Path, epoch: int, epochs: dict, metric: str) -> None:
+    """``epoch_N/`` copied into ``best_model/``, its config's record and card saying what it was picked from."""
     with atomic_path(output_dir / "best_model") as temporary:
-        shutil.copytree(source, temporary)
+        shutil.copytree(output_dir / f"epoch_{epoch}", temporary)
+        config = TwoTowerConfig.from_pretrained(temporary)
+        if getattr(config, "checkpoint_record", None):
+            config.checkpoint_record.update(
+                best_of=sorted(int(e) for e in epochs if e != BASE_EPOCH), selected_by=metric
+            )
+            config.save_pretrained(temporary)
+        write_model_card(Path(temporary), config)
     logger.info("best_model/ is epoch %d again (the epochs after it are trained anew)", epoch)
 
 
