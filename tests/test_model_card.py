@@ -54,7 +54,7 @@ def test_card_is_refreshed_from_config_alone(tiny_encoder_dir, tmp_path, monkeyp
 def evaluate(callback, model, epoch_in_stage, ndcg):
     metrics = {"eval_loss": 1.0 - ndcg, "eval_ndcg@10": ndcg, "eval_recall@10": ndcg + 0.1, "eval_runtime": 2.5}
     args = SimpleNamespace(metric_for_best_model="eval_ndcg@10", greater_is_better=None)
-    state = SimpleNamespace(is_world_process_zero=True, epoch=float(epoch_in_stage))
+    state = SimpleNamespace(is_world_process_zero=True, epoch=float(epoch_in_stage), global_step=10 * epoch_in_stage)
     callback.on_evaluate(args, state, None, metrics=metrics, model=model)
 
 
