@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
@@ -20,8 +21,10 @@ from .atomic import check_output_path
 from .data.esci import DEFAULT_MAX_TEXT_CHARS, DEFAULT_TEMPLATE
 from .data.stages import DEFAULT_NUM_RANDOM_NEGATIVES
 from .errors import UserInputError
+from .evaluation.metrics import metric_names
 from .extras import require
 from .labels import DEFAULT_LABEL_WEIGHTS_TEXT, parse_label_weights
+from .losses.combined import COMPONENTS
 from .retrieval.catalogue import DEFAULT_CACHE_DIR
 
 DEFAULT_DATA_DIR = "data"
@@ -32,6 +35,9 @@ BRIEF_TRAINING_OPTIONS = {
     "dataloader_num_workers", "gradient_checkpointing", "push_to_hub", "hub_model_id", "hub_private_repo",
     "warmup_steps", "weight_decay",
 }  # fmt: skip
+# what --metric_for_best_model can name: the validation loss and its components, and every retrieval metric the
+# per-epoch selection evaluator computes (ttsn_hf/evaluation/selection.py)
+SELECTABLE_METRICS = ("eval_loss", *(f"eval_{name}" for name in COMPONENTS), *(f"eval_{m}" for m in metric_names(10)))
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -42,6 +48,17 @@ class _Parser(HfArgumentParser):
         raise UserInputError(f"{message} (see --help)")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option under its first spelling only (HfArgumentParser also accepts --dashed-names)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        if action.nargs == 0:
+            return action.option_strings[0]
+        return f"{action.option_strings[0]} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+
 def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: dict[str, str] | None = None):
     """Parse ``argv`` into instances of ``dataclass_types``; flags must match exactly (no abbreviations).
 
@@ -50,7 +67,8 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: d
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [_rename(arg, aliases or {}) for arg in argv]
-    parser = _Parser(dataclass_types, allow_abbrev=False)
+    parser = _Parser(dataclass_types, allow_abbrev=False, formatter_class=_HelpFormatter, usage="%(prog)s [options]")
+    _fold_negations(parser)
     if "--help-all" in argv:
         parser.print_help()
         raise SystemExit(0)
@@ -65,6 +83,17 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: d
 def _rename(arg: str, aliases: dict[str, str]) -> str:
     name, sep, value = arg.partition("=")
     return aliases.get(name, name) + sep + value
+
+
+def _fold_negations(parser: argparse.ArgumentParser) -> None:
+    """HfArgumentParser gives a boolean option defaulting to True a ``--no_X`` twin with the same help: name
+    the twin in the option's own help instead of repeating it."""
+    by_dest = {action.dest: action for action in parser._actions if not action.option_strings[0].startswith("--no")}
+    for action in parser._actions:
+        if action.option_strings and action.option_strings[0].startswith("--no_") and action.dest in by_dest:
+            action.help = argparse.SUPPRESS
+            positive = by_dest[action.dest]
+            positive.help = f"{positive.help} ({action.option_strings[0]}: off)"
 
 
 def _brief_help(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +164,25 @@ class TwoTowerTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "none, tensorboard, ..."})
     metric_for_best_model: str | None = field(
         default="eval_ndcg@10",
-        metadata={"help": "best_model/: the epoch with the best validation retrieval metric (or eval_loss)."},
+        metadata={
+            "help": "best_model/: the trained epoch with the best value of this validation metric, one of "
+            + ", ".join(SELECTABLE_METRICS)
+            + " (the eval_ prefix may be left out)."
+        },
+    )
+    max_steps: int = field(
+        default=-1, metadata={"help": "Steps per stage, in place of the stage's epochs (for quick runs; -1: off)."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass (less memory); same gradients, tested."},
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push best_model/ to the Hub after the schedule."})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repo for --push_to_hub (default: the output folder's name)."}
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the --push_to_hub repo private (default: the account's default)."}
     )
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "group_by_length batches products of similar length."}
@@ -155,13 +202,77 @@ class TwoTowerTrainingArguments(TrainingArguments):
         },
     )
 
+    # TrainingArguments options the stage schedule sets itself or has no use for: refused when changed
+    refused: ClassVar[dict[str, str]] = {
+        "learning_rate": "the schedule sets each stage's rate: use --stage_learning_rates (default 2e-5,2e-5,2e-6)",
+        "num_train_epochs": "the schedule sets each stage's epochs: use --stage_epochs (default 2,1,2)",
+        **dict.fromkeys(
+            ("do_train", "do_eval", "do_predict"), "train.py always trains and validates; eval.py evaluates a model"
+        ),
+        **dict.fromkeys(
+            ("eval_strategy", "eval_steps", "eval_delay", "eval_on_start"),
+            "train.py validates at the end of every epoch (epoch_N/, best_model/ and the base model's epoch 0 "
+            "come from those validations)",
+        ),
+        "load_best_model_at_end": "train.py picks best_model/ across the stages by --metric_for_best_model",
+        **dict.fromkeys(
+            (
+                "prediction_loss_only",
+                "label_names",
+                "include_for_metrics",
+                "batch_eval_metrics",
+                "eval_do_concat_batches",
+                "eval_use_gather_object",
+                "eval_accumulation_steps",
+            ),
+            "validation computes the loss and retrieval metrics, never predictions to collect",
+        ),  # fmt: skip
+        "label_smoothing_factor": "the losses are contrastive and InfoNCE (see --margin, --temperature)",
+        "average_tokens_across_devices": "the losses are means over query groups, not tokens",
+        "include_num_input_tokens_seen": "batches are query groups of two towers, not one input_ids tensor",
+        "remove_unused_columns": "the collator needs every column of the query groups",
+        "length_column_name": "length grouping reads the 'length' column train.py writes",
+        **dict.fromkeys(
+            ("hub_strategy", "hub_always_push"), "train.py pushes best_model/ once, after the schedule (--push_to_hub)"
+        ),
+        "use_cache": "a key/value cache is for generative models; this encoder has none",
+        **dict.fromkeys(("use_liger_kernel", "liger_kernel_config"), "Liger kernels do not cover this encoder"),
+    }
+
     def __post_init__(self):
+        self._as_given = {name: getattr(self, name) for name in self.refused}  # TrainingArguments derives some
+        self.metric_for_best_model = checked_selection_metric(self.metric_for_best_model)
         check_output_path(self.output_dir, "--output_dir")
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on the CPU; gloo when several CPU processes are launched
         super().__post_init__()
         if "tensorboard" in self.report_to:
             require("tensorboard", "--report_to tensorboard")
+
+    def refuse_changed_options(self) -> None:
+        """A one-line error for an option of :attr:`refused` changed from its default (the stage schedule calls
+        this before anything else; each stage's Trainer then gets its own copy with the stage's epochs and rate)."""
+        defaults = {spec.name: spec for spec in fields(self)}
+        for name, reason in self.refused.items():
+            spec = defaults[name]
+            default = spec.default_factory() if spec.default is MISSING else spec.default
+            value = self._as_given[name]
+            if value != default and not (default == "no" and value is False):  # HfArgumentParser's str|bool
+                raise UserInputError(f"--{name}: {reason}")
+
+
+def checked_selection_metric(name: str | None) -> str:
+    """``--metric_for_best_model`` as the ``eval_`` name selection records, or a one-line error."""
+    name = name or "eval_loss"
+    full = name if name.startswith("eval_") else f"eval_{name}"
+    if full not in SELECTABLE_METRICS:
+        close = difflib.get_close_matches(full, SELECTABLE_METRICS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserInputError(
+            f"--metric_for_best_model {name}: not a validation metric; {hint}choose one of "
+            + ", ".join(SELECTABLE_METRICS)
+        )
+    return full
 
 
 @dataclass

@@ -9,6 +9,8 @@ from .distillation import MarginMSELoss
 from .in_batch_infonce import InBatchInfoNCELoss
 from .weighted_contrastive import WeightedContrastiveLoss
 
+COMPONENTS = ("contrastive_loss", "infonce_loss", "distillation_loss")  # logged beside "loss", eval_ too
+
 
 class CombinedLoss(nn.Module):
     """``contrastive_weight * contrastive + infonce_weight * infonce + distillation_weight * distillation``;
@@ -50,7 +52,7 @@ class CombinedLoss(nn.Module):
             query_embeddings, product_embeddings, positive_index, product_keys, mask_keys, anchor_weights
         )
         loss = self.contrastive_weight * contrastive + self.infonce_weight * infonce
-        parts = {"contrastive_loss": contrastive.detach(), "infonce_loss": infonce.detach()}
+        parts = {COMPONENTS[0]: contrastive.detach(), COMPONENTS[1]: infonce.detach()}
         if self.distillation_weight:
             if teacher_scores is None:
                 raise ValueError("distillation_weight > 0 needs teacher_scores (--teacher_model_name_or_path)")
@@ -58,7 +60,7 @@ class CombinedLoss(nn.Module):
                 query_embeddings, product_embeddings, product_group, positive_index, teacher_scores
             )
             loss = loss + self.distillation_weight * distillation
-            parts["distillation_loss"] = distillation.detach()
+            parts[COMPONENTS[2]] = distillation.detach()
         return {"loss": loss, **parts}
 
     def get_config_dict(self) -> dict:

@@ -79,6 +79,7 @@ class TrainingRun:
         self.data_args: DataArguments = data_args
         self.schedule_args: ScheduleArguments = schedule_args
         self.training_args: TwoTowerTrainingArguments = training_args
+        training_args.refuse_changed_options()
         self.output_dir = Path(training_args.output_dir)
         self.resume_stage = self.checked_resume_stage()  # before anything is written
         if training_args.push_to_hub:
@@ -104,6 +105,8 @@ class TrainingRun:
         if not self.data_args.teacher_model_name_or_path:
             if self.schedule_args.distillation_weight:
                 raise UserInputError("--distillation_weight needs --teacher_model_name_or_path")
+            if self.training_args.metric_for_best_model == "eval_distillation_loss":
+                raise UserInputError("--metric_for_best_model eval_distillation_loss needs a teacher")
             return None
         return TeacherScorer(
             self.data_args.teacher_model_name_or_path,
@@ -367,4 +370,9 @@ class TrainingRun:
         ensure_hub_reachable(best)
         repo_id = self.training_args.hub_model_id or self.output_dir.resolve().name
         model = TwoTowerModel.from_pretrained(best)
-        model.push_to_hub(repo_id, token=self.training_args.hub_token, private=self.training_args.hub_private_repo)
+        model.push_to_hub(
+            repo_id,
+            token=self.training_args.hub_token,
+            private=self.training_args.hub_private_repo,
+            revision=self.training_args.hub_revision,
+        )

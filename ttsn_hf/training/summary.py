@@ -14,6 +14,7 @@ from ..evaluation.metrics import paired_bootstrap
 from .state import BASE_EPOCH, PER_QUERY_FILE, read_state
 
 SUMMARY_FILE = "run_summary.json"
+PRINTED = ("eval_loss", "eval_ndcg@10", "eval_recall@10", "eval_mrr", "eval_esci_rank_ndcg")
 WORLD_SIZE_NOTE = (
     "InfoNCE losses grow with the global batch (more in-batch negatives): compare them only between runs "
     "with the same processes x per-device batch size"
@@ -117,7 +118,7 @@ def _noise_statement(check: dict, means: dict[str, float]) -> str:
 
 
 def is_figure(metric: str) -> bool:
-    return not metric.endswith(("_runtime", "_per_second"))
+    return not metric.endswith(("_runtime", "_per_second", "_preparation_time"))
 
 
 def write_run_summary(output_dir: Path, summary: dict) -> Path:
@@ -135,7 +136,8 @@ def format_run_summary(summary: dict) -> str:
         value = best[best["metric"]]
         lines.append(f"best epoch {best['epoch']} ({best['why']}: {value:.4f}) -> {summary['best_model']}")
     for epoch, metrics in summary["validation"].items():
-        figures = ", ".join(f"{name.removeprefix('eval_')} {value:.4f}" for name, value in metrics.items())
+        shown = [name for name in PRINTED if name in metrics]  # run_summary.json keeps every figure
+        figures = ", ".join(f"{name.removeprefix('eval_')} {metrics[name]:.4f}" for name in shown)
         lines.append(f"  {'base model' if epoch == BASE_EPOCH else f'epoch {epoch}'}: {figures}")
     if summary.get("noise"):
         lines.append(f"noise: {summary['noise']['statement']}")
