@@ -112,6 +112,35 @@ def test_margin_mse_matches_hand_computed_value():
     torch.testing.assert_close(loss, torch.tensor(0.04))
 
 
+def group_batch(groups=4, negatives=3, seed=0):
+    """Groups of one positive and ``negatives`` negatives each, in the collator's layout, with teacher scores."""
+    q = normalized(groups, 8, seed=seed)
+    p = normalized(groups * (1 + negatives), 8, seed=seed + 1)
+    teacher = torch.rand(groups * (1 + negatives), generator=torch.Generator().manual_seed(seed + 2)) * 2 - 1
+    product_group = torch.arange(groups).repeat_interleave(1 + negatives)
+    positive_index = torch.arange(0, groups * (1 + negatives), 1 + negatives)
+    columns = [p[i :: 1 + negatives] for i in range(1 + negatives)]  # sentence-transformers: one column each
+    return q, p, product_group, positive_index, teacher, columns, teacher.view(groups, 1 + negatives)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 2.0])
+def test_kl_distillation_equals_sentence_transformers(temperature):
+    from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss as Reference
+
+    q, p, product_group, positive_index, teacher, columns, labels = group_batch()
+    ours = DistillKLDivLoss(temperature)(q, p, product_group, positive_index, teacher)
+    reference = Reference(model=None, temperature=temperature).compute_loss_from_embeddings([q, *columns], labels)
+    torch.testing.assert_close(ours, reference)
+
+
+def test_margin_mse_equals_sentence_transformers():
+    from sentence_transformers.sentence_transformer.losses import MarginMSELoss as Reference
+
+    q, p, product_group, positive_index, teacher, columns, labels = group_batch()
+    ours = MarginMSELoss()(q, p, product_group, positive_index, teacher)
+    torch.testing.assert_close(ours, Reference(model=None).compute_loss_from_embeddings([q, *columns], labels))
+
+
 def test_kl_distillation_matches_hand_computed_value():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     p = torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])
@@ -124,6 +153,15 @@ def test_kl_distillation_matches_hand_computed_value():
         s, t = torch.softmax(torch.tensor(student), 0), torch.softmax(torch.tensor(teacher), 0)
         expected += float((t * (t.log() - s.log())).sum()) / 2
     torch.testing.assert_close(loss, torch.tensor(expected))
+    # the temperature divides the scores and scales the loss by its square
+    cooler = DistillKLDivLoss(temperature=0.5)(
+        q, p, inputs["product_group"], inputs["positive_index"], inputs["teacher_scores"]
+    )
+    expected = 0.0
+    for student, teacher in (([0.8, 0.6], [0.9, 0.5]), ([1.0, 0.0], [0.7, 0.1])):
+        s, t = torch.softmax(torch.tensor(student) / 0.5, 0), torch.softmax(torch.tensor(teacher) / 0.5, 0)
+        expected += float((t * (t.log() - s.log())).sum()) / 2 * 0.25
+    torch.testing.assert_close(cooler, torch.tensor(expected))
 
 
 def _batch(seed=0, n=8):

@@ -49,8 +49,7 @@ def perturbed_copy(folder: Path, target: Path) -> Path:
 
 def test_another_teacher_invalidates_the_cache(groups, tiny_encoder_dir, tmp_path):
     other = perturbed_copy(tiny_encoder_dir, tmp_path / "other_teacher")
-    assert teacher_fingerprint(str(other)) != teacher_fingerprint(str(tiny_encoder_dir))
-    assert teacher_fingerprint("org/model", "abc") != teacher_fingerprint("org/model", "def")
+    assert teacher_fingerprint(other) != teacher_fingerprint(tiny_encoder_dir)
     first = TeacherScorer(str(tiny_encoder_dir), tmp_path / "cache").score_groups(groups)
     second = TeacherScorer(str(other), tmp_path / "cache").score_groups(groups)
     assert second.scored_now == 5 and second.cache_path != first.cache_path
@@ -76,3 +75,51 @@ def test_train_py_distils_from_a_teacher_with_pseudo_queries(esci_sample, tiny_e
     config = json.loads((tmp_path / "run" / "best_model" / "config.json").read_text())
     assert config["training"]["loss"]["distillation_weight"] == 2.0
     assert config["training"]["teacher"]["teacher"] == str(teacher)
+
+
+def test_kind_and_precision_are_part_of_the_cache_key(groups, tiny_encoder_dir, tmp_path):
+    bi_encoder = TeacherScorer(str(tiny_encoder_dir), tmp_path).score_groups(groups)
+    cross_encoder = TeacherScorer(str(tiny_encoder_dir), tmp_path, cross_encoder=True)
+    bf16 = TeacherScorer(str(tiny_encoder_dir), tmp_path, bf16=True)
+    assert len({bi_encoder.cache_path, cross_encoder.cache_path, bf16.cache_path}) == 3
+    assert not cross_encoder.scores and not bf16.scores  # neither reads the fp32 bi-encoder's cosines
+    assert cross_encoder.get_config_dict()["kind"] == "cross_encoder" and bf16.get_config_dict()["precision"] == "bf16"
+
+
+def test_a_hub_teacher_is_fingerprinted_by_the_commit_it_resolves_to(tiny_encoder_dir, tmp_path, monkeypatch):
+    """Two commits of one Hub id in the (offline) Hub cache: the fingerprint follows the commit main points to."""
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--org--teacher"
+    for commit, folder in (("a" * 40, tiny_encoder_dir), ("b" * 40, perturbed_copy(tiny_encoder_dir, tmp_path / "b"))):
+        shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    fingerprints = []
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "refs" / "main").write_text(commit)
+        teacher = TeacherScorer("org/teacher", tmp_path / "cache")
+        assert teacher.folder.name == commit
+        fingerprints.append(teacher.fingerprint)
+    assert fingerprints[0] == teacher_fingerprint(tiny_encoder_dir) != fingerprints[1]
+
+
+def test_cross_encoder_scores_are_its_raw_logit_on_the_cosine_scale(groups, tiny_encoder_dir, tmp_path):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    CrossEncoder(str(tiny_encoder_dir), num_labels=1).save_pretrained(str(tmp_path / "ce"))
+    config = json.loads((tmp_path / "ce" / "config.json").read_text())
+    config.setdefault("sentence_transformers", {})["activation_fn"] = "torch.nn.modules.activation.Tanh"
+    (tmp_path / "ce" / "config.json").write_text(json.dumps(config))  # a declared activation is not applied
+    teacher = TeacherScorer(str(tmp_path / "ce"), tmp_path / "cache", cross_encoder=True).score_groups(groups)
+    queries, texts = ["usb c cable", "dog toy"], ["Dog bed, large", "Cat litter"]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ce").eval()
+    tokens = AutoTokenizer.from_pretrained(tmp_path / "ce")(queries, texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**tokens).logits[:, 0]
+    expected = (2 * torch.sigmoid(logits) - 1).tolist()
+    found = [teacher(query, [text])[0] for query, text in zip(queries, texts, strict=True)]
+    assert found == pytest.approx(expected, abs=1e-5) and all(-1 < value < 1 for value in found)

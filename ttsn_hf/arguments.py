@@ -346,6 +346,12 @@ class ScheduleArguments:
     distillation_loss: str = field(
         default="margin_mse", metadata={"help": "margin_mse or kl.", "choices": ["margin_mse", "kl"]}
     )
+    distillation_temperature: float = field(
+        default=0.05,
+        metadata={
+            "help": "--distillation_loss kl: softmax temperature of both sides (the loss is scaled by its square)."
+        },
+    )
     merge_base_weight: float = field(
         default=0.0, metadata={"help": "WiSE-FT: best_model = (1-w) trained + w base; 0 = off."}
     )

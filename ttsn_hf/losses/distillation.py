@@ -44,7 +44,8 @@ class MarginMSELoss(nn.Module):
 
 class DistillKLDivLoss(nn.Module):
     """KL(teacher || student) over the softmax of each group's scores (its positive and negatives), as
-    sentence-transformers' ``DistillKLDivLoss``; scores are divided by ``temperature`` first."""
+    sentence-transformers' ``DistillKLDivLoss``: scores divided by ``temperature``, the KL's mean over groups scaled
+    by ``temperature**2`` (Hinton et al.), so the gradient's size does not move with the temperature."""
 
     def __init__(self, temperature: float = 0.05):
         super().__init__()
@@ -68,7 +69,7 @@ class DistillKLDivLoss(nn.Module):
         log_teacher = torch.log_softmax(torch.nan_to_num(teacher).masked_fill(~members, low), dim=1)
         per_entry = torch.exp(log_teacher) * (log_teacher - log_student)
         per_group = (per_entry * members).sum(dim=1) * groups
-        return global_mean(per_group.sum(), groups.sum().float())
+        return global_mean(per_group.sum(), groups.sum().float()) * self.temperature**2
 
     def get_config_dict(self) -> dict[str, str | float]:
         return {"name": "kl", "temperature": self.temperature}

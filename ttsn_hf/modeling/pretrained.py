@@ -46,8 +46,9 @@ def recorded_name(name_or_path: str | Path) -> str:
     return str(name_or_path)
 
 
-def resolve_pretrained(name_or_path: str | Path) -> Path:
-    """A local folder holding ``name_or_path``: itself, a Hub snapshot (downloaded or cached) or the packaged copy.
+def resolve_pretrained(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local folder holding ``name_or_path``: itself, a Hub snapshot at ``revision`` (default: the newest commit;
+    downloaded or cached; the folder is named after its commit) or the packaged copy.
 
     Raises :class:`UserInputError` (one line) for a missing folder, an unknown Hub id, or an unreachable Hub
     without a cached or packaged copy.
@@ -57,15 +58,15 @@ def resolve_pretrained(name_or_path: str | Path) -> Path:
         return Path(name).expanduser()
     _check_hub_id(name)
     if constants.HF_HUB_OFFLINE:
-        return _offline_copy(name, "HF_HUB_OFFLINE=1")
+        return _offline_copy(name, "HF_HUB_OFFLINE=1", revision)
     try:
-        info = HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
+        info = HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_S)
     except RepositoryNotFoundError:
         raise UserInputError(
             f"model {name!r} not found: no such local folder, and no such (public) model on the Hub"
         ) from None
     except Exception as error:  # noqa: BLE001 - any failure to talk to the Hub (timeout, refused, 5xx, proxy)
-        return _offline_copy(name, type(error).__name__)
+        return _offline_copy(name, type(error).__name__, revision)
     return Path(snapshot_download(name, revision=info.sha, allow_patterns=ALLOW_PATTERNS, etag_timeout=HUB_TIMEOUT_S))
 
 
@@ -79,13 +80,13 @@ def _check_hub_id(name: str) -> None:
         raise UserInputError(f"model {name!r} not found: no such local folder (and not a Hub id like owner/name)")
 
 
-def _offline_copy(name: str, why: str) -> Path:
+def _offline_copy(name: str, why: str, revision: str | None = None) -> Path:
     """The Hub cache's snapshot, else the packaged copy for the default model, else a one-line error."""
     try:
-        return Path(snapshot_download(name, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(name, revision=revision, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
     except (LocalEntryNotFoundError, OSError):
         pass
-    packaged = packaged_model_path() if name == DEFAULT_BASE_MODEL else None
+    packaged = packaged_model_path() if name == DEFAULT_BASE_MODEL and revision is None else None
     if packaged is not None:
         logger.warning("Hub unreachable (%s): using the packaged copy of %s at %s", why, name, packaged)
         return packaged

@@ -96,7 +96,9 @@ class TrainingRun:
             ),
             schedule_args.contrastive_weight,
             schedule_args.infonce_weight,
-            MarginMSELoss() if schedule_args.distillation_loss == "margin_mse" else DistillKLDivLoss(),
+            MarginMSELoss()
+            if schedule_args.distillation_loss == "margin_mse"
+            else DistillKLDivLoss(schedule_args.distillation_temperature),
             schedule_args.distillation_weight,
         )
         self.teacher = self.make_teacher()

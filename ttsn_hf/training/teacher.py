@@ -1,8 +1,19 @@
-"""Teacher scores for query groups, computed once and cached under the teacher's fingerprint (never per step)."""
+"""Teacher scores for query groups, computed once and cached (never per step).
+
+The cache is keyed by what decides a score: the teacher's fingerprint (the sha256 of its files: a local folder, or
+the Hub snapshot of the commit it resolves to), its kind (bi-encoder or cross-encoder) and the precision it ran in.
+
+Scores are on the student's scale, the cosine's [-1, 1], so that MarginMSE compares margins of one size:
+- a bi-encoder teacher gives the cosine of its normalised embeddings;
+- a CrossEncoder gives ``2 * sigmoid(logit) - 1`` of its raw logit (``predict`` with an identity activation,
+  whatever activation its config declares; a model with one output), a monotone map of its relevance probability
+  onto (-1, 1).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,8 +25,10 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import UserInputError
+from ..modeling.pretrained import resolve_pretrained
 
 logger = logging.getLogger(__name__)
+SCALE = {"bi_encoder": "cosine", "cross_encoder": "2*sigmoid(logit)-1"}
 
 
 def pair_key(query: str, product_text: str) -> int:
@@ -24,25 +37,21 @@ def pair_key(query: str, product_text: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def teacher_fingerprint(name_or_path: str, revision: str | None = None) -> str:
-    """A local folder: the sha256 of its files (names and contents); a hub id: the id and revision."""
-    folder = Path(name_or_path)
+def teacher_fingerprint(folder: str | Path) -> str:
+    """The sha256 of a model folder's files (names and contents)."""
+    folder = Path(folder)
     digest = hashlib.sha256()
-    if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(folder)).encode() + b"\x00")
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    else:
-        digest.update(f"{name_or_path}@{revision or 'main'}".encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\x00")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
 class TeacherScorer:
-    """Scores (query, product text) pairs with a sentence-transformers bi-encoder (cosine) or, with
-    ``cross_encoder=True``, a ``CrossEncoder``; scores are cached in ``cache_dir`` in a parquet file named after
-    the teacher's fingerprint, so another teacher never reads this one's scores."""
+    """Scores (query, product text) pairs with a sentence-transformers bi-encoder or, with ``cross_encoder=True``,
+    a ``CrossEncoder`` (see the module docstring for the scale); cached in ``cache_dir`` under :attr:`key`."""
 
     def __init__(
         self,
@@ -55,13 +64,32 @@ class TeacherScorer:
     ):
         self.name_or_path, self.cross_encoder, self.revision = name_or_path, cross_encoder, revision
         self.batch_size, self.bf16 = batch_size, bf16
-        self.fingerprint = teacher_fingerprint(name_or_path, revision)
-        self.cache_path = Path(cache_dir) / f"teacher_scores_{self.fingerprint}.parquet"
+        self.folder = self._resolve(name_or_path, revision)
+        self.fingerprint = teacher_fingerprint(self.folder)
+        self.kind = "cross_encoder" if cross_encoder else "bi_encoder"
+        self.precision = "bf16" if bf16 else "fp32"
+        self.key = hashlib.sha256(json.dumps(self.cache_identity(), sort_keys=True).encode()).hexdigest()[:16]
+        self.cache_path = Path(cache_dir) / f"teacher_scores_{self.key}.parquet"
         self.scores: dict[int, float] = {}
         if self.cache_path.exists():
             cached = pd.read_parquet(self.cache_path)
             self.scores = dict(zip(cached["key"].tolist(), cached["score"].tolist(), strict=True))
         self.scored_now = 0
+
+    @staticmethod
+    def _resolve(name_or_path: str, revision: str | None) -> Path:
+        try:
+            return resolve_pretrained(name_or_path, revision)
+        except UserInputError as error:
+            raise UserInputError(
+                f"--teacher_model_name_or_path: {error}; offline, fetch a teacher folder first "
+                "(python bench/fetch_teacher.py)"
+            ) from None
+
+    def cache_identity(self) -> dict[str, str]:
+        """What a cached score depends on."""
+        scale = SCALE[self.kind]
+        return {"fingerprint": self.fingerprint, "kind": self.kind, "precision": self.precision, "scale": scale}
 
     def __call__(self, query: str, product_texts: list[str]) -> list[float]:
         return [self.scores.get(pair_key(query, text), float("nan")) for text in product_texts]
@@ -86,27 +114,35 @@ class TeacherScorer:
     def _score(self, pairs: Iterable[tuple[str, str]]) -> np.ndarray:
         pairs = list(pairs)
         if self.cross_encoder:
-            from sentence_transformers import CrossEncoder
-
-            model = CrossEncoder(self.name_or_path, revision=self.revision)
-            scores = model.predict(pairs, batch_size=self.batch_size, show_progress_bar=True, convert_to_tensor=True)
-            return scores.float().cpu().numpy()
+            return self._cross_encoder_scores(pairs)
         from sentence_transformers import SentenceTransformer
 
-        try:
-            model = SentenceTransformer(self.name_or_path, revision=self.revision)
-        except OSError as error:
-            raise UserInputError(
-                f"--teacher_model_name_or_path {self.name_or_path}: cannot load it ({error}); offline, fetch a "
-                "teacher folder first (python bench/fetch_teacher.py)"
-            ) from None
+        model = SentenceTransformer(str(self.folder))
         embeddings = self._embeddings(model, sorted({text for pair in pairs for text in pair}))
         return np.array([float(embeddings[query] @ embeddings[text]) for query, text in pairs])
+
+    def _cross_encoder_scores(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(str(self.folder))
+        if model.num_labels != 1:
+            raise UserInputError(
+                f"--teacher_cross_encoder {self.name_or_path}: a CrossEncoder with {model.num_labels} outputs; "
+                "distillation needs one relevance score per pair"
+            )
+        logits = model.predict(
+            pairs,
+            batch_size=self.batch_size,
+            activation_fn=torch.nn.Identity(),
+            show_progress_bar=True,
+            convert_to_tensor=True,
+        )
+        return (2 * torch.sigmoid(logits.float()) - 1).cpu().numpy()
 
     def _embeddings(self, model, texts: list[str]) -> dict[str, np.ndarray]:
         """A bi-encoder teacher's embeddings, also cached by text: other groups of the same texts (another
         fold, another stage's pool) cost only a dot product."""
-        path = self.cache_path.with_name(f"teacher_embeddings_{self.fingerprint}.parquet")
+        path = self.cache_path.with_name(f"teacher_embeddings_{self.key}.parquet")
         cached = pd.read_parquet(path) if path.exists() else pd.DataFrame({"text": [], "embedding": []})
         known = dict(zip(cached["text"], cached["embedding"], strict=True))
         missing = [text for text in texts if text not in known]
@@ -126,4 +162,4 @@ class TeacherScorer:
             frame.to_parquet(temporary, index=False)
 
     def get_config_dict(self) -> dict[str, str | bool]:
-        return {"teacher": self.name_or_path, "fingerprint": self.fingerprint, "cross_encoder": self.cross_encoder}
+        return {"teacher": self.name_or_path, "cross_encoder": self.cross_encoder, **self.cache_identity()}
