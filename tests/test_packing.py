@@ -135,7 +135,7 @@ def test_varlen_plan_buckets_every_token_once_and_restores_token_order():
     assert masks[0] is not None and masks[0].sum().item() == 3 + 8 + 1  # bucket 8: lengths 3, 8, 1
 
 
-def test_only_checked_encoders_are_packed_and_the_attention_switch_is_temporary(tiny_encoder_dir):
+def test_only_checked_encoders_are_packed_and_the_attention_switch_is_temporary(tiny_encoder_dir, tmp_path):
     from transformers import MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
 
     model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
@@ -146,7 +146,12 @@ def test_only_checked_encoders_are_packed_and_the_attention_switch_is_temporary(
     with varlen_attention(model.encoder):
         assert model.encoder.config._attn_implementation != "sdpa"
     assert model.encoder.config._attn_implementation == "sdpa"
-    assert "attn_implementation" not in model.encoder.config.to_json_string()
+    with pytest.raises(RuntimeError, match="a forward that fails"), varlen_attention(model.encoder):
+        raise RuntimeError("a forward that fails")
+    assert model.encoder.config._attn_implementation == "sdpa"
+    with varlen_attention(model.encoder):  # saved inside the switch: what a reload gets is the encoder's own
+        model.save_pretrained(tmp_path / "saved")
+    assert TwoTowerModel.from_pretrained(tmp_path / "saved").encoder.config._attn_implementation == "sdpa"
 
 
 def test_an_encoder_that_cannot_be_packed_takes_the_padded_path(tiny_encoder_dir, tmp_path):

@@ -90,10 +90,12 @@ def test_resume_from_a_stage_2_checkpoint_runs_stage_3_fresh(full_run, esci_samp
     assert "mining hard negatives" not in result.stderr, "negatives mined by the same stage-1 model are reused"
 
 
-@pytest.mark.parametrize("bad", ["missing", "stage2", "epoch_1"])
+@pytest.mark.parametrize("bad", ["missing", "stage2", "epoch_1", "another_run"])
 def test_resume_from_a_path_that_is_no_checkpoint_is_one_line_and_writes_nothing(full_run, esci_sample, tmp_path, bad):
     output = tmp_path / "new"
     path = tmp_path / "nowhere" if bad == "missing" else full_run[0] / bad
+    if bad == "another_run":  # a real checkpoint, of another output folder
+        (path,) = (full_run[0] / "stage2").glob("checkpoint-*")
     result = run_train(*quick_args(esci_sample, "x", output, "--resume_from_checkpoint", path), check=False)
     assert result.returncode == 2 and "--resume_from_checkpoint" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr and not output.exists()

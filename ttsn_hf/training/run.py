@@ -129,7 +129,7 @@ class TrainingRun:
         """The stage ``--resume_from_checkpoint PATH`` belongs to (None without a path)."""
         if not self.resume_from_path():
             return None
-        stage = checkpoint_stage(self.training_args.resume_from_checkpoint)
+        stage = checkpoint_stage(self.training_args.resume_from_checkpoint, self.output_dir)
         if self.schedule_args.stage not in ("all", str(stage)):
             raise UserInputError(
                 f"--resume_from_checkpoint {self.training_args.resume_from_checkpoint} belongs to stage {stage}, "

@@ -161,16 +161,18 @@ def record_stage_finished(output_dir: Path, stage: Stage, seconds: float, world_
 # ---------------------------------------------------------------- resuming
 
 
-def checkpoint_stage(path: str) -> int:
-    """The stage a ``--resume_from_checkpoint PATH`` belongs to (``.../stageN/checkpoint-M``); a clear error if
-    PATH is not a complete Trainer checkpoint of a stage."""
+def checkpoint_stage(path: str, output_dir: str | Path) -> int:
+    """The stage a ``--resume_from_checkpoint PATH`` belongs to (``OUTPUT_DIR/stageN/checkpoint-M``); a clear
+    error if PATH is not a complete Trainer checkpoint of a stage of ``output_dir``."""
     checkpoint = Path(path)
-    fix = "give a stageN/checkpoint-M folder of this output folder, or --resume_from_checkpoint true"
+    fix = f"give a stageN/checkpoint-M folder of --output_dir {output_dir}, or --resume_from_checkpoint true"
     if not checkpoint.is_dir():
         raise UserInputError(f"--resume_from_checkpoint {path}: no such folder; {fix}")
     stage = re.fullmatch(r"stage([123])", checkpoint.resolve().parent.name)
     if not re.fullmatch(r"checkpoint-\d+", checkpoint.name) or stage is None:
         raise UserInputError(f"--resume_from_checkpoint {path}: not a stageN/checkpoint-M folder; {fix}")
+    if checkpoint.resolve().parent.parent != Path(output_dir).resolve():
+        raise UserInputError(f"--resume_from_checkpoint {path}: not in --output_dir {output_dir}; {fix}")
     if not (checkpoint / "trainer_state.json").is_file():
         raise UserInputError(f"--resume_from_checkpoint {path}: no trainer_state.json (cut short?); {fix}")
     return int(stage.group(1))
