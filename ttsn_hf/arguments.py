@@ -67,17 +67,28 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: d
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [_rename(arg, aliases or {}) for arg in argv]
-    parser = _Parser(dataclass_types, allow_abbrev=False, formatter_class=_HelpFormatter, usage="%(prog)s [options]")
-    _fold_negations(parser)
+    parser = build_parser(dataclass_types)
     if "--help-all" in argv:
         parser.print_help()
         raise SystemExit(0)
     if any(issubclass(kind, TrainingArguments) for kind in dataclass_types):
         _brief_help(parser)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except UserInputError:
+        raise
+    except (ValueError, ImportError) as error:  # a dataclass's own check (TrainingArguments' among them)
+        raise UserInputError(str(error).strip().splitlines()[0]) from None
     if unknown:
         raise UserInputError(_unknown_flag_message(unknown, parser))
     return tuple(parsed)
+
+
+def build_parser(dataclass_types: tuple) -> HfArgumentParser:
+    """The parser of ``dataclass_types``: exact flags only, one line per mistake, each option under one name."""
+    parser = _Parser(dataclass_types, allow_abbrev=False, formatter_class=_HelpFormatter, usage="%(prog)s [options]")
+    _fold_negations(parser)
+    return parser
 
 
 def _rename(arg: str, aliases: dict[str, str]) -> str:

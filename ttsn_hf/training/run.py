@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -13,15 +14,16 @@ import torch
 from accelerate import PartialState
 
 from ..arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
+from ..atomic import write_text_atomic
 from ..data.groups import build_groups
 from ..errors import HubUnreachableError, UserInputError
 from ..evaluation.selection import RetrievalEvaluator
-from ..losses import CombinedLoss, DistillKLDivLoss, InBatchInfoNCELoss, MarginMSELoss, WeightedContrastiveLoss
 from ..modeling.hub import ensure_hub_reachable
 from ..modeling.model import TwoTowerModel, load_model
 from .collator import NegativeDrawCallback, TwoTowerCollator, tokenize_groups
 from .merge import merge_saved_model
-from .schedule import Stage, build_schedule
+from .plan import PLAN_FILE, RunPlan
+from .schedule import Stage
 from .stage_data import StageData, known_positives, load_training_data
 from .state import (
     EpochCheckpointCallback,
@@ -80,42 +82,19 @@ class TrainingRun:
         self.schedule_args: ScheduleArguments = schedule_args
         self.training_args: TwoTowerTrainingArguments = training_args
         training_args.refuse_changed_options()
+        self.plan = RunPlan(model_args, data_args, schedule_args, training_args)
         self.output_dir = Path(training_args.output_dir)
         self.resume_stage = self.checked_resume_stage()  # before anything is written
         if training_args.push_to_hub:
             self.warn_if_hub_unreachable()
-        self.schedule = build_schedule(schedule_args.epochs_per_stage, schedule_args.learning_rates)
+        self.schedule = self.plan.schedule
         self.check_not_overwriting()
         self.data = StageData(data_args, schedule_args, training_args, self.output_dir)
         self.lineage = self.current_lineage()
         self.check_same_lineage()
-        self.loss = CombinedLoss(
-            WeightedContrastiveLoss(schedule_args.margin),
-            InBatchInfoNCELoss(
-                schedule_args.temperature, schedule_args.mask_false_negatives, schedule_args.label_weighted_infonce
-            ),
-            schedule_args.contrastive_weight,
-            schedule_args.infonce_weight,
-            MarginMSELoss()
-            if schedule_args.distillation_loss == "margin_mse"
-            else DistillKLDivLoss(schedule_args.distillation_temperature),
-            schedule_args.distillation_weight,
-        )
-        self.teacher = self.make_teacher()
-
-    def make_teacher(self) -> TeacherScorer | None:
-        if not self.data_args.teacher_model_name_or_path:
-            if self.schedule_args.distillation_weight:
-                raise UserInputError("--distillation_weight needs --teacher_model_name_or_path")
-            if self.training_args.metric_for_best_model == "eval_distillation_loss":
-                raise UserInputError("--metric_for_best_model eval_distillation_loss needs a teacher")
-            return None
-        return TeacherScorer(
-            self.data_args.teacher_model_name_or_path,
-            self.data_args.teacher_cache_dir or self.output_dir / "teacher_scores",
-            cross_encoder=self.data_args.teacher_cross_encoder,
-            bf16=self.training_args.bf16,
-        )
+        self.loss = self.plan.loss()
+        teacher = self.plan.teacher_kwargs()
+        self.teacher = TeacherScorer(**teacher) if teacher else None
 
     # ---------------------------------------------------------------- which stages, resumed from where
 
@@ -224,7 +203,9 @@ class TrainingRun:
 
     def start_state(self, first: Stage) -> None:
         """A new run forgets an earlier run's epochs and resume points; a run that continues the folder forgets
-        the epochs it trains again, and best_model is re-picked among those that stay."""
+        the epochs it trains again, and best_model is re-picked among those that stay. The run's resolved
+        settings are recorded in run_plan.json."""
+        write_text_atomic(self.output_dir / PLAN_FILE, json.dumps(self.plan.resolved(), indent=2, default=str))
         if not self.continues_a_run():
             write_state(self.output_dir, {**fresh_state(), "lineage": self.lineage})
             remove_earlier_run(self.output_dir)
@@ -257,12 +238,7 @@ class TrainingRun:
     # ---------------------------------------------------------------- a stage's model and trainer
 
     def base_model(self) -> TwoTowerModel:
-        return load_model(
-            self.model_args.model_name_or_path,
-            tie_towers=self.model_args.tie_towers,
-            query_max_length=self.model_args.query_max_length,
-            product_max_length=self.model_args.product_max_length,
-        )
+        return load_model(**self.plan.base_model_kwargs())
 
     def initial_model(self, stage: Stage) -> TwoTowerModel:
         if stage.number == 1:
@@ -292,13 +268,7 @@ class TrainingRun:
     def trainer(
         self, stage: Stage, model: TwoTowerModel, train: datasets.Dataset, validation: datasets.Dataset
     ) -> TwoTowerTrainer:
-        args = dataclasses.replace(
-            self.training_args,
-            push_to_hub=False,  # the best model is pushed once, after the schedule
-            output_dir=str(self.output_dir / f"stage{stage.number}"),
-            num_train_epochs=len(stage.epochs),
-            learning_rate=stage.learning_rate,
-        )
+        args = self.plan.stage_training_args(stage)
         negatives = self.data_args.negatives_per_query
         collator = TwoTowerCollator(model.tokenizer, negatives, self.training_args.seed)
         evaluation = self.cap(validation, self.data_args.max_eval_samples)
@@ -370,11 +340,11 @@ class TrainingRun:
     def push_best_model(self) -> None:
         best = self.output_dir / "best_model"
         ensure_hub_reachable(best)
-        repo_id = self.training_args.hub_model_id or self.output_dir.resolve().name
+        push = self.plan.after_schedule()["push"]
         model = TwoTowerModel.from_pretrained(best)
         model.push_to_hub(
-            repo_id,
+            push["repo_id"],
             token=self.training_args.hub_token,
-            private=self.training_args.hub_private_repo,
-            revision=self.training_args.hub_revision,
+            private=push["private"],
+            revision=push["revision"],
         )
