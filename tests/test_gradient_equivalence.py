@@ -10,6 +10,8 @@ execution option and states its tolerance (relative L2 error of the flattened gr
 | packed sequences (padding-free) | padded | off | 1e-4 |
 | 2 processes (gloo), half the groups each | 1 process, the whole batch | off | 1e-5 |
 | bf16 autocast | fp32 | off | 5e-2 |
+| GradCache (`--infonce_mini_batch_size`), 1 and 2 processes | the whole batch at once | off | 1e-5 |
+| GradCache | the same chunks embedded with a graph, in order | on | 1e-5 |
 
 Dropout stays on where the option must replay the very same random masks (a recompute); it is off where the option
 changes the shape masks are drawn over (a packed sequence, a half batch), which no implementation can replay.
@@ -27,6 +29,7 @@ import torch.multiprocessing as mp
 from ttsn_hf.losses import CombinedLoss
 from ttsn_hf.modeling.dropout import use_random_bits_dropout
 from ttsn_hf.modeling.model import TwoTowerModel
+from ttsn_hf.training.grad_cache import cached_loss, chunks_of_groups
 from ttsn_hf.training.trainer import LOSS_INPUTS, MODEL_INPUTS
 
 GROUPS = [  # (query, positive, negative)
@@ -37,7 +40,9 @@ GROUPS = [  # (query, positive, negative)
     ("green tea", "organic green tea bags, 100 count", "black tea loose leaf assam"),
     ("office chair lumbar", "ergonomic office chair with lumbar support and mesh back", "standing desk converter"),
 ]
-TOLERANCE = {"checkpointing": 1e-5, "packed": 1e-4, "processes": 1e-5, "bf16": 5e-2}
+TOLERANCE = {"checkpointing": 1e-5, "packed": 1e-4, "processes": 1e-5, "bf16": 5e-2, "grad_cache": 1e-5}
+# every part of the combined loss: contrastive, InfoNCE with a masked known positive, label weights, distillation
+LOSS = CombinedLoss(distillation_weight=1.0)
 
 
 def make_batch(tokenizer, groups=GROUPS) -> dict[str, torch.Tensor]:
@@ -55,7 +60,8 @@ def make_batch(tokenizer, groups=GROUPS) -> dict[str, torch.Tensor]:
         "targets": torch.tensor([1.0, 0.0] * count),
         "weights": torch.tensor([1.0, 0.5] * count),
         "product_keys": torch.arange(2 * count),
-        "mask_keys": torch.full((count, 1), -1),
+        "mask_keys": torch.tensor([[2]] + [[-1]] * (count - 1)),  # group 1's positive is a known one of query 0
+        "teacher_scores": torch.linspace(-0.5, 0.9, 2 * count),
     }
 
 
@@ -65,7 +71,7 @@ def shard(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, to
     queries, products = slice(rank * count, (rank + 1) * count), slice(2 * rank * count, 2 * (rank + 1) * count)
     part = {name: batch[name][queries] for name in ("query_input_ids", "query_attention_mask", "mask_keys")}
     part |= {name: batch[name][products] for name in ("product_input_ids", "product_attention_mask", "targets")}
-    part |= {name: batch[name][products] for name in ("weights", "product_keys")}
+    part |= {name: batch[name][products] for name in ("weights", "product_keys", "teacher_scores")}
     part["positive_index"] = torch.arange(0, 2 * count, 2)
     part["product_group"] = torch.arange(count).repeat_interleave(2)
     return part
@@ -85,17 +91,19 @@ def tiny_model(encoder_dir, packed: bool, dropout: bool) -> TwoTowerModel:
     return model
 
 
-def step(model: TwoTowerModel, batch: dict, bf16: bool = False, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def step(
+    model: TwoTowerModel, batch: dict, bf16: bool = False, seed: int = 1, mini_batch: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step's loss and flattened gradient, computed as TwoTowerTrainer.compute_loss does."""
     model.zero_grad()
     torch.manual_seed(seed)  # the dropout masks
+    loss_inputs = {name: batch[name] for name in LOSS_INPUTS if name in batch}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        outputs = model(**{name: batch[name] for name in MODEL_INPUTS})
-        losses = CombinedLoss()(
-            outputs.query_embeddings,
-            outputs.product_embeddings,
-            **{name: batch[name] for name in LOSS_INPUTS if name in batch},
-        )
+        if mini_batch:
+            losses = cached_loss(model, LOSS, batch, loss_inputs, mini_batch)
+        else:
+            outputs = model(**{name: batch[name] for name in MODEL_INPUTS})
+            losses = LOSS(outputs.query_embeddings, outputs.product_embeddings, **loss_inputs)
     losses["loss"].backward()
     gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
     return losses["loss"].detach(), gradient
@@ -138,12 +146,12 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_encoder_dir, packed):
     assert_equivalent(step(model, batch, bf16=True), step(model, batch), TOLERANCE["bf16"])
 
 
-def _process(rank: int, world: int, port: int, encoder_dir, results) -> None:
+def _process(rank: int, world: int, port: int, encoder_dir, results, mini_batch: int = 0) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = tiny_model(encoder_dir, packed=True, dropout=False)
-    loss, gradient = step(model, shard(make_batch(model.tokenizer), rank, world))
+    loss, gradient = step(model, shard(make_batch(model.tokenizer), rank, world), mini_batch=mini_batch)
     dist.all_reduce(gradient)  # what DDP does: the mean of the processes' gradients
     dist.all_reduce(loss)
     results[rank] = (loss / world, gradient / world)
@@ -156,10 +164,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_compute_the_one_process_gradients(tiny_encoder_dir):
+@pytest.mark.parametrize("mini_batch", [0, 2], ids=["whole-batch", "grad-cache"])
+def test_two_processes_compute_the_one_process_gradients(tiny_encoder_dir, mini_batch):
     model = tiny_model(tiny_encoder_dir, packed=True, dropout=False)
     reference = step(model, make_batch(model.tokenizer))
     results = mp.Manager().dict()
-    mp.spawn(_process, args=(2, _free_port(), tiny_encoder_dir, results), nprocs=2)
+    mp.spawn(_process, args=(2, _free_port(), tiny_encoder_dir, results, mini_batch), nprocs=2)
     for rank in range(2):
         assert_equivalent(results[rank], reference, TOLERANCE["processes"])
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+@pytest.mark.parametrize("mini_batch", [1, 4])
+def test_grad_cache_computes_the_whole_batch_gradients(tiny_encoder_dir, packed, mini_batch):
+    model = tiny_model(tiny_encoder_dir, packed, dropout=False)
+    batch = make_batch(model.tokenizer)
+    assert_equivalent(step(model, batch, mini_batch=mini_batch), step(model, batch), TOLERANCE["grad_cache"])
+
+
+def test_grad_cache_replays_each_chunks_dropout(tiny_encoder_dir):
+    """Dropout on: the cached step's gradient is the one of its chunks embedded in order with a graph, drawing
+    the same masks (the replay restores each chunk's random state), not of other masks."""
+    model = tiny_model(tiny_encoder_dir, packed=True, dropout=True)
+    batch = make_batch(model.tokenizer)
+    model.zero_grad()
+    torch.manual_seed(1)
+    outputs = [model(**chunk) for chunk in chunks_of_groups(batch, 2)]
+    query = torch.cat([output.query_embeddings for output in outputs])
+    product = torch.cat([output.product_embeddings for output in outputs])
+    losses = LOSS(query, product, **{name: batch[name] for name in LOSS_INPUTS})
+    losses["loss"].backward()
+    in_order = (
+        losses["loss"].detach(),
+        torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None]),
+    )
+    assert_equivalent(step(model, batch, mini_batch=2), in_order, TOLERANCE["grad_cache"])
+    assert relative_error(step(model, batch, seed=2, mini_batch=2)[1], in_order[1]) > 1e-3  # the masks matter

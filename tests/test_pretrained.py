@@ -92,3 +92,13 @@ def test_missing_model_on_a_slow_hub_fails_within_ten_seconds_in_one_line(silent
     assert float(result.stdout.strip()) < 10, result.stdout
     error_lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(error_lines) == 1 and error_lines[0].startswith("error: model 'nobody/no-such-model'"), result.stderr
+
+
+def test_a_missing_epoch_folder_lists_the_models_beside_it(tmp_path):
+    for folder in ("epoch_2", "epoch_10", "best_model", "epoch_1"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+    (tmp_path / "stage1").mkdir()  # no model there
+    with pytest.raises(UserInputError) as error:
+        resolve_pretrained(tmp_path / "epoch_9")
+    assert str(error.value).endswith(f"; {tmp_path} holds epoch_1, epoch_2, epoch_10, best_model")

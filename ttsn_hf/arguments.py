@@ -198,6 +198,20 @@ class TwoTowerTrainingArguments(TrainingArguments):
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "group_by_length batches products of similar length."}
     )
+    infonce_mini_batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "GradCache: embed the batch this many query groups at a time (memory of one chunk, the "
+            "gradients of the whole batch, every product an in-batch negative); 0: off."
+        },
+    )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Steps whose gradients add up to one update. With InfoNCE each step's queries see only its own "
+            "products as negatives: for a larger batch in the same memory, use --infonce_mini_batch_size."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train over the epochs an earlier run left in --output_dir."}
     )
@@ -253,6 +267,10 @@ class TwoTowerTrainingArguments(TrainingArguments):
     def __post_init__(self):
         self._as_given = {name: getattr(self, name) for name in self.refused}  # TrainingArguments derives some
         self.metric_for_best_model = checked_selection_metric(self.metric_for_best_model)
+        if self.infonce_mini_batch_size < 0:
+            raise UserInputError(
+                f"--infonce_mini_batch_size must be 0 (off) or more; got {self.infonce_mini_batch_size}"
+            )
         check_output_path(self.output_dir, "--output_dir")
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on the CPU; gloo when several CPU processes are launched

@@ -77,7 +77,21 @@ def _check_hub_id(name: str) -> None:
     except HFValidationError:
         looks_local = True
     if looks_local:
-        raise UserInputError(f"model {name!r} not found: no such local folder (and not a Hub id like owner/name)")
+        raise UserInputError(
+            f"model {name!r} not found: no such local folder (and not a Hub id like owner/name){_siblings(name)}"
+        )
+
+
+def _siblings(name: str) -> str:
+    """What the missing folder's parent holds that could be meant (``epoch_9`` when the run has epochs 1-5)."""
+    parent = Path(name).expanduser().parent
+    if not parent.is_dir():
+        return ""
+    models = sorted(
+        (path.name for path in parent.iterdir() if (path / "config.json").is_file()),
+        key=lambda folder: (not folder.startswith("epoch_"), int(folder[6:]) if folder[6:].isdigit() else 0, folder),
+    )
+    return f"; {parent} holds {', '.join(models)}" if models else ""
 
 
 def _offline_copy(name: str, why: str, revision: str | None = None) -> Path:

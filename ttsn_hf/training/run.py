@@ -23,6 +23,7 @@ from ..modeling.model import TwoTowerModel, load_model
 from .collator import NegativeDrawCallback, TwoTowerCollator, tokenize_groups
 from .merge import merge_saved_model
 from .plan import PLAN_FILE, RunPlan
+from .progress import ScheduleEstimateCallback
 from .schedule import Stage
 from .stage_data import StageData, known_positives, load_training_data
 from .state import (
@@ -95,6 +96,7 @@ class TrainingRun:
         self.loss = self.plan.loss()
         teacher = self.plan.teacher_kwargs()
         self.teacher = TeacherScorer(**teacher) if teacher else None
+        self.stages_in_run: list[Stage] = []
 
     # ---------------------------------------------------------------- which stages, resumed from where
 
@@ -190,7 +192,7 @@ class TrainingRun:
     # ---------------------------------------------------------------- the schedule
 
     def run(self) -> dict:
-        stages = self.stages_to_run()
+        stages = self.stages_in_run = self.stages_to_run()
         if stages and self.training_args.should_save:
             self.start_state(stages[0])
         for stage in stages:
@@ -284,6 +286,7 @@ class TrainingRun:
             callbacks=[
                 EpochCheckpointCallback(self.output_dir, stage, evaluator),
                 NegativeDrawCallback(collator, stage.epochs[0]),
+                ScheduleEstimateCallback([len(s.epochs) for s in self.stages_in_run if s.number > stage.number]),
             ],
         )
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import Trainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from ..errors import NonFiniteLossError
 from ..losses import CombinedLoss
 from ..modeling.dropout import use_random_bits_dropout
 from ..modeling.model import TwoTowerModel
+from .grad_cache import cached_loss
 
 MODEL_INPUTS = ("query_input_ids", "query_attention_mask", "product_input_ids", "product_attention_mask")
 LOSS_INPUTS = (
@@ -33,14 +38,20 @@ class TwoTowerTrainer(Trainer):
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._component_counts = {"train": 0, "eval": 0}
         self._first_nonfinite_step: torch.Tensor | None = None  # global step of the first non-finite loss, or -1
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                # set at train begin otherwise: the base model's evaluation before it would log into ./runs
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_inputs = {name: inputs[name] for name in LOSS_INPUTS if name in inputs}
+        mini_batch = getattr(self.args, "infonce_mini_batch_size", 0)
+        if model.training and mini_batch and not return_outputs:
+            losses = cached_loss(model, self.loss, inputs, loss_inputs, mini_batch)  # GradCache
+            self._record_components(losses, "train")
+            return losses["loss"]
         outputs = model(**{name: inputs[name] for name in MODEL_INPUTS})
-        losses = self.loss(
-            outputs.query_embeddings,
-            outputs.product_embeddings,
-            **{name: inputs[name] for name in LOSS_INPUTS if name in inputs},
-        )
+        losses = self.loss(outputs.query_embeddings, outputs.product_embeddings, **loss_inputs)
         self._record_components(losses, "train" if model.training else "eval")
         return (losses["loss"], outputs) if return_outputs else losses["loss"]
 
