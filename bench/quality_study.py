@@ -118,6 +118,7 @@ def train_config(overrides: dict, fold_dir: Path, output_dir: Path, seed: int) -
         seed=seed,
         disable_tqdm=True,
         logging_steps=50,
+        overwrite_output_dir=True,  # a study re-runs a config into its own folder
         **overrides.get("training", {}),
     )
     configure_threads(data.num_threads)
