@@ -18,17 +18,24 @@ changes the shape masks are drawn over (a packed sequence, a half batch), which 
 A new execution option (an attention kernel, chunked losses) gets its row here.
 """
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from transformers import AutoTokenizer, BertConfig, BertModel
 
+from ttsn_hf import default_base_model
 from ttsn_hf.losses import CombinedLoss
 from ttsn_hf.modeling.dropout import use_random_bits_dropout
 from ttsn_hf.modeling.model import TwoTowerModel
+from ttsn_hf.modeling.pretrained import resolve_pretrained
 from ttsn_hf.training.grad_cache import cached_loss, chunks_of_groups
 from ttsn_hf.training.trainer import LOSS_INPUTS, MODEL_INPUTS
 
@@ -40,6 +47,7 @@ GROUPS = [  # (query, positive, negative)
     ("green tea", "organic green tea bags, 100 count", "black tea loose leaf assam"),
     ("office chair lumbar", "ergonomic office chair with lumbar support and mesh back", "standing desk converter"),
 ]
+REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = {"checkpointing": 1e-5, "packed": 1e-4, "processes": 1e-5, "bf16": 5e-2, "grad_cache": 1e-5}
 # every part of the combined loss: contrastive, InfoNCE with a masked known positive, label weights, distillation
 LOSS = CombinedLoss(distillation_weight=1.0)
@@ -200,3 +208,30 @@ def test_grad_cache_replays_each_chunks_dropout(tiny_encoder_dir):
     )
     assert_equivalent(step(model, batch, mini_batch=2), in_order, TOLERANCE["grad_cache"])
     assert relative_error(step(model, batch, seed=2, mini_batch=2)[1], in_order[1]) > 1e-3  # the masks matter
+
+
+def logged_grad_norms(esci_sample, encoder, output, *extra) -> list[float]:
+    args = [
+        "--esci_dir", esci_sample, "--model_name_or_path", encoder, "--output_dir", output, "--stage", "1",
+        "--max_steps", 2, "--logging_steps", 1, "--seed", 1, "--max_train_samples", 64, "--max_eval_samples", 16,
+        "--selection_corpus_size", 300, "--per_device_train_batch_size", 16, *extra,
+    ]  # fmt: skip
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((output / "stage1" / "trainer_state.json").read_text())["log_history"]
+    return [log["grad_norm"] for log in history if "grad_norm" in log]
+
+
+def test_train_py_logs_the_same_grad_norm_with_each_execution_option(esci_sample, tmp_path):
+    """End to end through train.py and the Trainer (accelerate-prepared model, the default packed path)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "encoder")
+    AutoTokenizer.from_pretrained(resolve_pretrained(default_base_model())).save_pretrained(tmp_path / "encoder")
+    reference = logged_grad_norms(esci_sample, tmp_path / "encoder", tmp_path / "reference")
+    assert len(reference) == 2
+    options = {"checkpointing": ["--gradient_checkpointing"], "grad_cache": ["--infonce_mini_batch_size", 4]}
+    for name, extra in options.items():
+        found = logged_grad_norms(esci_sample, tmp_path / "encoder", tmp_path / name, *extra)
+        assert found == pytest.approx(reference, rel=1e-3), name

@@ -35,6 +35,14 @@ BRIEF_TRAINING_OPTIONS = {
     "dataloader_num_workers", "gradient_checkpointing", "push_to_hub", "hub_model_id", "hub_private_repo",
     "warmup_steps", "weight_decay",
 }  # fmt: skip
+# what those options mean here, in place of TrainingArguments' own texts
+TRAINING_HELP = {
+    "max_steps": "Steps per stage, in place of the stage's epochs (for quick runs; -1: off).",
+    "gradient_checkpointing": "Recompute activations in the backward pass (less memory); same gradients, tested.",
+    "push_to_hub": "Push best_model/ to the Hub after the schedule.",
+    "hub_model_id": "Hub repo for --push_to_hub (default: the output folder's name).",
+    "hub_private_repo": "Create the --push_to_hub repo private (default: the account's default).",
+}
 # what --metric_for_best_model can name: the validation loss and its components, and every retrieval metric the
 # per-epoch selection evaluator computes (ttsn_hf/evaluation/selection.py)
 SELECTABLE_METRICS = ("eval_loss", *(f"eval_{name}" for name in COMPONENTS), *(f"eval_{m}" for m in metric_names(10)))
@@ -113,6 +121,8 @@ def _brief_help(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if action.dest in training and action.dest not in shown:
             action.help = argparse.SUPPRESS
+        elif action.dest in TRAINING_HELP:
+            action.help = TRAINING_HELP[action.dest]
     parser.epilog = "Every transformers TrainingArguments option is accepted too: --help-all lists them all."
 
 
@@ -181,20 +191,7 @@ class TwoTowerTrainingArguments(TrainingArguments):
             + " (the eval_ prefix may be left out)."
         },
     )
-    max_steps: int = field(
-        default=-1, metadata={"help": "Steps per stage, in place of the stage's epochs (for quick runs; -1: off)."}
-    )
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={"help": "Recompute activations in the backward pass (less memory); same gradients, tested."},
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Push best_model/ to the Hub after the schedule."})
-    hub_model_id: str | None = field(
-        default=None, metadata={"help": "Hub repo for --push_to_hub (default: the output folder's name)."}
-    )
-    hub_private_repo: bool | None = field(
-        default=None, metadata={"help": "Create the --push_to_hub repo private (default: the account's default)."}
-    )
+
     train_sampling_strategy: str = field(
         default="group_by_length", metadata={"help": "group_by_length batches products of similar length."}
     )
