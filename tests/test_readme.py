@@ -48,5 +48,6 @@ def test_readme_pipeline_runs_in_order_with_the_folders_it_names(tmp_path, esci_
             next_line = [line for line in result.stdout.splitlines() if line.startswith("next: ")][0]
             assert "eval.py --model_name_or_path runs/sample/best_model" in next_line
     for written in ("data/summary.json", "runs/sample/best_model/config.json", "runs/sample/index/manifest.json",
-                    "runs/sample/eval/metrics.json", "runs/sample/mined/hard_negatives.parquet"):  # fmt: skip
+                    "runs/sample/eval/metrics.json", "runs/sample/mined/hard_negatives.parquet",
+                    "runs/sample/training_curves.png", "runs/sample/eval/report.html"):  # fmt: skip
         assert (tmp_path / written).is_file(), written
