@@ -25,14 +25,20 @@ from ..labels import ESCI_GAINS
 from ..retrieval.bm25 import BM25Retriever
 from ..retrieval.encoding import encode_catalogue
 from ..retrieval.indexing import search
-from .metrics import evaluate_run, metric_names, paired_bootstrap, paired_randomisation_test, win_tie_loss
+from .metrics import (
+    TIE_DECIMALS,
+    evaluate_run,
+    metric_names,
+    paired_bootstrap,
+    paired_randomisation_test,
+    win_tie_loss,
+)
 from .report import json_safe, metric_label, render_report
 
 Run = dict[str, list[str]]
 Qrels = dict[str, dict[str, str]]
 
 MAIN_SYSTEM = "model"
-TIE_DECIMALS = 4  # per-query values equal to 4 decimals are a tie (the report stores them to 4 decimals)
 PLOTTED_METRICS = ("recall@10", "mrr", "ndcg@10", "esci_rank_ndcg")
 
 

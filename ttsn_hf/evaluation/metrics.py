@@ -18,6 +18,8 @@ import numpy as np
 
 from ..labels import ESCI_GAINS, EXACT_GAINS, EXACT_LABELS, RELEVANT_LABELS
 
+TIE_DECIMALS = 4  # per-query values equal to 4 decimals are a tie (report.html stores them to 4 decimals)
+
 
 def recall_at_k(ranked: Sequence[str], relevant: Collection[str], k: int = 10) -> float:
     """|relevant ∩ top k| / |relevant|; ``nan`` when nothing is relevant."""
@@ -194,7 +196,7 @@ def paired_randomisation_test(a: np.ndarray, b: np.ndarray, n: int = 10000, seed
     return float(p_values[0]) if a.ndim == 1 else p_values
 
 
-def win_tie_loss(a: np.ndarray, b: np.ndarray, decimals: int = 4) -> tuple[int, int, int]:
+def win_tie_loss(a: np.ndarray, b: np.ndarray, decimals: int = TIE_DECIMALS) -> tuple[int, int, int]:
     """How many queries ``a`` scores higher than, equal to, and lower than ``b``, values compared to ``decimals``
     places (a difference below that is a tie, not a win); pairs with a ``nan`` are left out."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -21,8 +21,10 @@ from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
 
+import numpy as np
+
 from ..labels import ESCI_GAINS, EXACT_GAINS, LABELS, RELEVANT_LABELS
-from .metrics import metric_names
+from .metrics import TIE_DECIMALS, metric_names
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TITLE_CHARS = 100  # product texts are cut to this many characters: the report is for reading, not for search
@@ -50,7 +52,7 @@ def report_data(
     per_query: Sequence[Mapping],
     qrels: Mapping[str, Mapping[str, str]],
     texts: Mapping[str, str],
-    decimals: int = 4,
+    decimals: int = TIE_DECIMALS,
 ) -> dict:
     """The per-query document the page renders, column-wise (one list entry per query, in per_query's order):
     each system's metric values (rounded to ``decimals``) and top-k (indices into ``product_ids``/``titles``), and
@@ -77,7 +79,7 @@ def report_data(
         "query_ids": query_ids,
         "queries": [first[query_id].get("query") or "" for query_id in query_ids],
         "values": {
-            system: {name: [_rounded(rows[(system, q)][name], decimals) for q in query_ids] for name in names}
+            system: {name: _rounded([rows[(system, q)][name] for q in query_ids], decimals) for name in names}
             for system in systems
         },
         "top": {system: [[index(p) for p in rows[(system, q)][f"top{k}"]] for q in query_ids] for system in systems},
@@ -88,10 +90,10 @@ def report_data(
     }
 
 
-def _rounded(value: float | None, decimals: int) -> float | None:
-    if value is None or math.isnan(value):
-        return None
-    return round(value, decimals)
+def _rounded(values: list[float | None], decimals: int) -> list[float | None]:
+    """Rounded as ``win_tie_loss`` rounds (numpy), so the page's wins and ties are metrics.json's."""
+    rounded = np.round(np.array([math.nan if value is None else value for value in values], dtype=float), decimals)
+    return [None if math.isnan(value) else value for value in rounded.tolist()]
 
 
 def _cut(text: str) -> str:

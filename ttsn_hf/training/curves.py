@@ -92,7 +92,7 @@ def plot_training_curves(curves: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (losses, rate, metrics) = plt.subplots(
-        3, 1, figsize=(10, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 2.6]}, layout="constrained"
+        3, 1, figsize=(11, 8.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 2.6]}, layout="constrained"
     )
     train, epochs = curves["train"], curves["train"]["epoch"]
     for i, key in enumerate(("loss", "infonce_loss", "contrastive_loss", "distillation_loss")):
@@ -105,7 +105,7 @@ def plot_training_curves(curves: dict, path: Path) -> None:
     if any(value is not None for value in eval_loss):
         losses.plot(checked, _floats(eval_loss), "s--", color="black", label="validation loss", markersize=5)
     losses.set_ylabel("loss")
-    losses.legend(fontsize=8, loc="best")
+    losses.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figure.suptitle("training loss per logging step, validation per epoch; stages between dotted lines")
     if any(value is not None for value in train.get("learning_rate", [])):
         rate.plot(epochs, _floats(train["learning_rate"]), color="C4")
@@ -158,7 +158,7 @@ def _plot_validation(axis, curves: dict) -> None:
     axis.margins(y=0.15)
     last = max([*checked, *(stage["end_epoch"] for stage in curves["stages"])], default=0)
     axis.set_xticks(range(0, int(last) + 1))
-    axis.legend(fontsize=8, loc="lower right", ncols=2)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def _floats(values: list) -> list[float]:
