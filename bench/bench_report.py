@@ -3,9 +3,10 @@
 A synthetic evaluation shaped like the full release's test split: 31,800 queries, each with 20 judged products
 (the release's mean: 2,621,738 judgements / 130,652 queries; labels drawn at the ESCI sample's rates E 45% / S 36% /
 I 15% / C 4%) and the top 100 of three systems (model, baseline, bm25, eval.py's default), each top 10 holding some
-of the query's judged products and otherwise products drawn from a 1.2M catalogue (almost never shared between
-queries: the pessimistic case for the file size). Product ids look like ASINs; titles are built from the words of
-the ESCI sample's titles, shuffled, at their lengths (mean 107 characters; the report keeps 100). It goes through
+of the query's judged products and otherwise products drawn at random from the release's 1,814,924 products (so
+few are shared between queries: a pessimistic case for the file size). Product ids look like ASINs; titles are
+built from the words of the ESCI sample's titles, shuffled, at their lengths (mean 107 characters; the report keeps
+100): shuffled words compress worse than real titles, another pessimistic choice. It goes through
 ``evaluate_systems`` and ``write_report``, as eval.py's output does, then (with Debian's chromium and chromedriver)
 headless Chromium opens it from disk: the seconds until the first page of rows is shown, and until a re-sort.
 
@@ -55,7 +56,7 @@ def title_words() -> tuple[list[str], np.ndarray]:
 
 def synthetic_evaluation(
     num_queries: int,
-    catalogue_size: int = 1_200_000,
+    catalogue_size: int = 1_814_924,
     judged_per_query: int = 20,
     systems: tuple[str, ...] = ("model", "baseline", "bm25"),
     depth: int = 100,
