@@ -37,8 +37,8 @@ def main() -> None:
         summary = run_summary(run.output_dir, data_option)
         summary["curves"] = training_curves(run.output_dir)
         write_run_summary(run.output_dir, summary)
-        print(format_run_summary(summary), flush=True)
         print(write_training_curves(run.output_dir, summary["curves"]), flush=True)
+        print(format_run_summary(summary), flush=True)  # its last line: the next command
     state.destroy_process_group()  # before exit: gloo threads alive at exit can abort
 
 

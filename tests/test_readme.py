@@ -1,5 +1,6 @@
 """The README's commands chain: each step of "The pipeline, step by step" runs as written after the one before it."""
 
+import json
 import shlex
 import subprocess
 import sys
@@ -51,3 +52,5 @@ def test_readme_pipeline_runs_in_order_with_the_folders_it_names(tmp_path, esci_
                     "runs/sample/eval/metrics.json", "runs/sample/mined/hard_negatives.parquet",
                     "runs/sample/training_curves.png", "runs/sample/eval/report.html"):  # fmt: skip
         assert (tmp_path / written).is_file(), written
+    curves = json.loads((tmp_path / "runs/sample/run_summary.json").read_text())["curves"]  # the picture's numbers
+    assert len(curves["train"]["loss"]) == len(curves["train"]["epoch"]) > 0 and len(curves["stages"]) == 3

@@ -92,7 +92,7 @@ def test_per_query_data_equals_per_query_jsonl_and_the_judgements(small_report):
             row = by_key[(system, query_id)]
             assert data["queries"][i] == row["query"]
             for name in data["metrics"]:
-                assert data["values"][system][name][i] == (None if row[name] is None else round(row[name], 4))
+                assert data["values"][system][name][i] == (None if row[name] is None else np.round(row[name], 4))
             assert [data["product_ids"][p] for p in data["top"][system][i]] == row["top10"]
         labels = dict(zip((data["product_ids"][p] for p in data["judged"][i]), data["labels"][i], strict=True))
         assert labels == qrels[query_id]
