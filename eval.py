@@ -1,5 +1,5 @@
 """Evaluate a two-tower model against a baseline encoder and BM25 on ESCI: metrics.json, per_query.jsonl,
-results.md and metrics.png in --output_dir.
+results.md, metrics.png and report.html (query by query, where the model wins and loses) in --output_dir.
 
     python eval.py --model_name_or_path checkpoints/best_model --esci_dir ../shared/data/esci-us-sample --split test
 """
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = parse_args((EvalArguments,), argv)
     metrics = run_evaluation(args)
     print(markdown_table(metrics))
-    print(f"report written to {Path(args.output_dir)} (metrics.json, per_query.jsonl, results.md, metrics.png)")
+    print(f"written to {Path(args.output_dir)}: metrics.json, per_query.jsonl, results.md, metrics.png")
+    print(f"query by query, open in a browser: {Path(args.output_dir) / 'report.html'}")
     model = metrics["model_name_or_path"]
     if args.update_model_card and is_two_tower_folder(model):
         record_eval_results(model, card_metrics(metrics))

@@ -9,6 +9,7 @@ from accelerate import PartialState
 
 from ttsn_hf.arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments, parse_args
 from ttsn_hf.errors import cli_entry
+from ttsn_hf.training.curves import training_curves, write_training_curves
 from ttsn_hf.training.run import TrainingRun, configure_threads, environment_line
 from ttsn_hf.training.summary import format_run_summary, run_summary, write_run_summary
 
@@ -34,8 +35,10 @@ def main() -> None:
     if state.is_main_process:
         data_option = f"--esci_dir {data_args.esci_dir}" if data_args.esci_dir else f"--data_dir {run.data.data_dir}"
         summary = run_summary(run.output_dir, data_option)
+        summary["curves"] = training_curves(run.output_dir)
         write_run_summary(run.output_dir, summary)
-        print(format_run_summary(summary), flush=True)
+        print(write_training_curves(run.output_dir, summary["curves"]), flush=True)
+        print(format_run_summary(summary), flush=True)  # its last line: the next command
     state.destroy_process_group()  # before exit: gloo threads alive at exit can abort
 
 

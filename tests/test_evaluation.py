@@ -110,7 +110,10 @@ def test_evaluate_systems_compares_the_model_with_each_system():
     }
     metrics, per_query = evaluate_systems(runs, qrels, bootstrap_samples=200, queries={q: q for q in qrels})
     assert metrics["mrr"] == 1.0 and metrics["systems"]["worse"]["mrr"] == 0.5
-    assert metrics["comparisons"]["model - worse"]["mrr"] == {"difference": 0.5, "ci_low": 0.5, "ci_high": 0.5}
+    assert metrics["comparisons"]["model - worse"]["mrr"] == {
+        "difference": 0.5, "ci_low": 0.5, "ci_high": 0.5, "wins": 30, "ties": 0, "losses": 0, "p_value": 1 / 201
+    }  # fmt: skip
+    assert metrics["comparisons"]["model - worse"]["recall@10"]["ties"] == 30  # both find a and b in the top 10
     assert len(per_query) == 60 and per_query[0]["query"] == "q0" and per_query[0]["top10"] == ["a", "b", "c"]
     table = markdown_table(metrics)
     assert "| worse | 30 | 1.000 | 0.500 |" in table and "+0.500 [+0.500, +0.500]" in table
@@ -139,7 +142,7 @@ def test_eval_cli_end_to_end(eval_cli, tiny_esci, tiny_encoder_dir, tmp_path, ca
     )  # fmt: skip
     assert "| system | queries | Recall@10 |" in capsys.readouterr().out
     assert sorted(path.name for path in output_dir.iterdir()) == [
-        "metrics.json", "metrics.png", "per_query.jsonl", "results.md"
+        "metrics.json", "metrics.png", "per_query.jsonl", "report.html", "results.md"
     ]  # fmt: skip
     written = json.loads((output_dir / "metrics.json").read_text())
     for key in ["recall@10", "mrr", "ndcg@10", "num_queries", "recall@10_exact", "mrr_exact", "ndcg@10_exact"]:
@@ -194,6 +197,22 @@ def test_eval_with_a_saved_index_matches_re_encoding(tiny_esci, tiny_encoder_dir
     in_memory, _ = evaluate_model(model, queries, qrels, catalogue["product_id"].tolist(), catalogue["product_text"])
     assert in_memory == {key: encoded[key] for key in in_memory}
     assert (tmp_path / "b" / "per_query.jsonl").read_text() == (tmp_path / "a" / "per_query.jsonl").read_text()
+
+
+def test_a_second_model_is_compared_query_by_query(tiny_esci, tiny_encoder_dir, tmp_path):
+    from ttsn_hf.evaluation.report import decode_data, embedded
+
+    args = EvalArguments(
+        model_name_or_path=str(tiny_encoder_dir), compare_model_name_or_path=str(tiny_encoder_dir),
+        esci_dir=str(tiny_esci), baseline="none", bm25=False, bootstrap_samples=100, output_dir=str(tmp_path),
+    )  # fmt: skip
+    metrics = run_evaluation(args)
+    assert list(metrics["systems"]) == ["model", "compare"]
+    assert metrics["systems"]["compare"]["name"] == str(tiny_encoder_dir)
+    for figure in metrics["comparisons"]["model - compare"].values():  # the same model: every query a tie
+        assert (figure["difference"], figure["wins"], figure["losses"], figure["p_value"]) == (0, 0, 0, 1.0)
+    data = decode_data(embedded((tmp_path / "report.html").read_text(), "data"))
+    assert data["systems"] == ["model", "compare"] and data["top"]["model"] == data["top"]["compare"]
 
 
 def test_eval_cli_reports_bad_input(eval_cli, tiny_esci, capsys):

@@ -10,8 +10,10 @@ from ttsn_hf.evaluation.metrics import (
     metric_names,
     ndcg_at_k,
     paired_bootstrap,
+    paired_randomisation_test,
     recall_at_k,
     reciprocal_rank,
+    win_tie_loss,
 )
 
 # trec_eval needs integer relevance: ESCI gains x100 (nDCG is scale-invariant); E ∪ S is then rel >= 10.
@@ -169,3 +171,57 @@ def test_esci_rank_ndcg_hand_value():
     expected = (1 / math.log2(3) + 0.1 / 2) / (1 + 0.1 / math.log2(3))
     _, rows = evaluate_run({"q": []}, {"q": labels}, judged_run={"q": ["a", "b", "c"]})
     assert rows[0]["esci_rank_ndcg"] == pytest.approx(expected)
+
+
+def scipy_randomisation_p(a: np.ndarray, b: np.ndarray, n: int) -> float:
+    """The reference: scipy's paired permutation test of the mean difference (exact when n >= 2^m)."""
+    from scipy.stats import permutation_test
+
+    defined = ~(np.isnan(a) | np.isnan(b))
+    result = permutation_test(
+        (a[defined], b[defined]),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n,
+        alternative="two-sided",
+        random_state=0,
+    )
+    return float(result.pvalue)
+
+
+@pytest.mark.parametrize("m", [4, 7, 11])
+def test_randomisation_test_enumerates_every_sign_flip_like_scipy(m):
+    rng = np.random.default_rng(m)
+    a, b = rng.random(m).round(1), rng.random(m).round(1)  # rounded: ties between flipped sums occur
+    a[0] = np.nan  # an undefined pair is left out
+    expected = scipy_randomisation_p(a, b, n=10**6)
+    assert paired_randomisation_test(a, b, n=10000) == pytest.approx(expected, abs=1e-12)
+
+
+def test_randomisation_test_draws_agree_with_scipy_and_columns_share_them():
+    rng = np.random.default_rng(5)
+    a = rng.random((80, 3))
+    b = a + rng.normal([0.0, 0.03, 0.2], 0.2, size=(80, 3))
+    together = paired_randomisation_test(a, b, n=20000, seed=1)
+    for column in range(3):
+        alone = paired_randomisation_test(a[:, column], b[:, column], n=20000, seed=1)
+        assert together[column] == alone  # the same draws for every column
+        assert alone == pytest.approx(scipy_randomisation_p(a[:, column], b[:, column], n=20000), abs=0.01)
+    assert together[2] == pytest.approx(1 / 20001)  # nothing drawn is as extreme: (0 + 1) / (n + 1), never 0
+
+
+def test_randomisation_test_edges():
+    same = np.array([0.1, 0.5, 0.9])
+    assert paired_randomisation_test(same, same) == 1.0
+    a, b = np.ones(10), np.zeros(10)
+    assert paired_randomisation_test(a, b) == pytest.approx(2 / 2**10)  # all +1 or all -1 flips
+    assert math.isnan(paired_randomisation_test(np.array([np.nan]), np.array([1.0])))
+    with pytest.raises(ValueError, match="one shape"):
+        paired_randomisation_test(np.zeros(3), np.zeros(4))
+
+
+def test_win_tie_loss_counts_queries_to_four_decimals():
+    a = np.array([0.5, 0.50001, 0.4, 0.7, np.nan, 0.2])
+    b = np.array([0.4, 0.5, 0.5, 0.7, 0.1, np.nan])
+    assert win_tie_loss(a, b) == (1, 2, 1)  # 0.50001 vs 0.5 is a tie at 4 decimals; nan pairs left out

@@ -1,5 +1,6 @@
 """The README's commands chain: each step of "The pipeline, step by step" runs as written after the one before it."""
 
+import json
 import shlex
 import subprocess
 import sys
@@ -48,5 +49,8 @@ def test_readme_pipeline_runs_in_order_with_the_folders_it_names(tmp_path, esci_
             next_line = [line for line in result.stdout.splitlines() if line.startswith("next: ")][0]
             assert "eval.py --model_name_or_path runs/sample/best_model" in next_line
     for written in ("data/summary.json", "runs/sample/best_model/config.json", "runs/sample/index/manifest.json",
-                    "runs/sample/eval/metrics.json", "runs/sample/mined/hard_negatives.parquet"):  # fmt: skip
+                    "runs/sample/eval/metrics.json", "runs/sample/mined/hard_negatives.parquet",
+                    "runs/sample/training_curves.png", "runs/sample/eval/report.html"):  # fmt: skip
         assert (tmp_path / written).is_file(), written
+    curves = json.loads((tmp_path / "runs/sample/run_summary.json").read_text())["curves"]  # the picture's numbers
+    assert [stage["stage"] for stage in curves["stages"]] == [1, 2, 3] and {"1", "2", "3"} <= set(curves["validation"])

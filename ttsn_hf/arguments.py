@@ -538,6 +538,10 @@ class EvalArguments(DataSourceArguments):
         default="base",
         metadata={"help": "Baseline encoder: 'base' (the untrained base encoder), a model path, or 'none'."},
     )
+    compare_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A second model (folder or base encoder) to compare with, query by query, in report.html."},
+    )
     bm25: bool = field(default=True, metadata={"help": "Also evaluate BM25 (bm25s) over the product texts."})
     hybrid: bool = field(
         default=False, metadata={"help": "Also evaluate reciprocal-rank fusion (k=60) of the model and BM25."}
@@ -548,8 +552,10 @@ class EvalArguments(DataSourceArguments):
     batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
     top_k: int = field(default=100, metadata={"help": "Retrieval depth (MRR is computed within it)."})
-    bootstrap_samples: int = field(default=10000, metadata={"help": "Paired-bootstrap resamples for the CIs."})
-    seed: int = field(default=0, metadata={"help": "Bootstrap seed."})
+    bootstrap_samples: int = field(
+        default=10000, metadata={"help": "Resamples of the paired bootstrap (CIs) and of the randomisation test (p)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap and the randomisation test."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Cache folder for catalogue embeddings (reused while model and data match)."}
     )

@@ -2,7 +2,8 @@
 the whole catalogue for every query of a split; the report compares them with paired-bootstrap CIs.
 
 Outputs (``output_dir``): ``metrics.json`` (the model's metrics at top level, every system under "systems", the
-differences under "comparisons"), ``per_query.jsonl``, ``results.md`` and ``metrics.png``.
+differences under "comparisons"), ``per_query.jsonl``, ``results.md``, ``metrics.png`` and ``report.html`` (query by
+query: where the model wins and loses, see ``report.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,25 @@ from ..arguments import EvalArguments
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserInputError
 from ..extras import require
+from ..labels import ESCI_GAINS
 from ..retrieval.bm25 import BM25Retriever
 from ..retrieval.encoding import encode_catalogue
 from ..retrieval.indexing import search
-from .metrics import evaluate_run, metric_names, paired_bootstrap
+from .metrics import (
+    TIE_DECIMALS,
+    evaluate_run,
+    metric_names,
+    paired_bootstrap,
+    paired_randomisation_test,
+    win_tie_loss,
+)
+from .report import json_safe, metric_label, render_report
 
 Run = dict[str, list[str]]
 Qrels = dict[str, dict[str, str]]
 
 MAIN_SYSTEM = "model"
-METRIC_LABELS = {"recall@10": "Recall@10", "mrr": "MRR", "ndcg@10": "nDCG@10", "esci_rank_ndcg": "ESCI rank nDCG"}
+PLOTTED_METRICS = ("recall@10", "mrr", "ndcg@10", "esci_rank_ndcg")
 
 
 # ---------------------------------------------------------------------------------------------- retrieval
@@ -144,42 +154,59 @@ def evaluate_systems(
     queries: Mapping[str, str] | None = None,
     judged_runs: Mapping[str, Run] | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Score every system's run, and compare ``main`` with each other system (paired bootstrap over queries).
+    """Score every system's run, and compare ``main`` with each other system over the same queries: mean
+    difference, paired-bootstrap CI, randomisation-test p-value, wins / ties / losses.
 
     Returns the metrics dict (the main system's metrics at top level, then "systems" and "comparisons") and the
     per-query rows of all systems (with the query text when ``queries`` is given). ``judged_runs`` (system ->
     judged products by score) feed ``esci_rank_ndcg``; a system without one is judged by its run's order.
     """
     queries, judged_runs = queries or {}, judged_runs or {}
-    systems, per_query, values = {}, [], {}
+    systems, per_query, values, names = {}, [], {}, metric_names(k)
     for system, run in runs.items():
         summary, rows = evaluate_run(run, qrels, k=k, depth=depth, judged_run=judged_runs.get(system))
         systems[system] = summary
-        values[system] = {name: np.array([_nan(row[name]) for row in rows]) for name in metric_names(k)}
+        values[system] = {name: np.array([_nan(row[name]) for row in rows]) for name in names}
         for row in rows:
             query_id = row["query_id"]
             per_query.append({"system": system, "query_id": query_id, "query": queries.get(query_id), **row})
             per_query[-1][f"top{k}"] = run.get(query_id, [])[:k]
+    others = [system for system in runs if system != main]
     comparisons = {
         f"{main} - {other}": {
-            name: compare(values[main][name], values[other][name], bootstrap_samples, seed) for name in metric_names(k)
+            name: compare(values[main][name], values[other][name], bootstrap_samples, seed) for name in names
         }
-        for other in runs
-        if other != main
+        for other in others
     }
+    if others:  # one randomisation test for every (system, metric) pair, on shared sign draws
+        columns = [(other, name) for other in others for name in names]
+        p_values = paired_randomisation_test(
+            np.stack([values[main][name] for _, name in columns], axis=1),
+            np.stack([values[other][name] for other, name in columns], axis=1),
+            n=bootstrap_samples,
+            seed=seed,
+        )
+        for (other, name), p_value in zip(columns, p_values, strict=True):
+            comparisons[f"{main} - {other}"][name]["p_value"] = float(p_value)
     metrics = {
         **systems.get(main, {}),
         "systems": systems,
         "comparisons": comparisons,
         "bootstrap": {"samples": bootstrap_samples, "seed": seed, "confidence": 0.95},
+        "randomisation_test": {"samples": bootstrap_samples, "seed": seed, "sides": 2},
+        "ties": f"per-query values equal to {TIE_DECIMALS} decimals",
+        "k": k,
+        "depth": depth,
     }
     return metrics, per_query
 
 
 def compare(a: np.ndarray, b: np.ndarray, bootstrap_samples: int = 10000, seed: int = 0) -> dict[str, float]:
-    """The mean per-query difference ``a - b`` and its 95% paired-bootstrap CI."""
+    """The mean per-query difference ``a - b``, its 95% paired-bootstrap CI, and on how many queries ``a`` wins,
+    ties and loses."""
     difference, low, high = paired_bootstrap(a, b, n=bootstrap_samples, seed=seed)
-    return {"difference": difference, "ci_low": low, "ci_high": high}
+    wins, ties, losses = win_tie_loss(a, b, TIE_DECIMALS)
+    return {"difference": difference, "ci_low": low, "ci_high": high, "wins": wins, "ties": ties, "losses": losses}
 
 
 def _nan(value: float | None) -> float:
@@ -192,49 +219,78 @@ def _nan(value: float | None) -> float:
 def system_label(metrics: dict, system: str) -> str:
     """``model (runs/sample/best_model)``: a system with the folder or Hub id it names (its last two parts)."""
     name = metrics["systems"][system].get("name")
-    if system not in (MAIN_SYSTEM, "baseline") or not name:
+    if system not in (MAIN_SYSTEM, "baseline", "compare") or not name:
         return system
     return f"{system} ({'/'.join(Path(name).parts[-2:])})"
 
 
 def markdown_table(metrics: dict) -> str:
-    """The systems' metrics, then the differences with their 95% CIs, as Markdown tables."""
+    """What was evaluated, the systems' metrics, the differences with their 95% CIs, the wins / ties / losses with
+    the randomisation test's p-values, and what each metric means, as Markdown."""
     names = [name for name in metric_names() if name in metrics["systems"][next(iter(metrics["systems"]))]]
-    headers = [METRIC_LABELS.get(n, METRIC_LABELS.get(n.removesuffix("_exact"), n) + " (E)") for n in names]
-    lines = [
-        "| system | queries | " + " | ".join(headers) + " |",
-        "|---|---:|" + "---:|" * len(names),
-    ]
+    headers = " | ".join(metric_label(name) for name in names)
+    lines = [_scope(metrics), "", f"| system | queries | {headers} |", "|---|---:|" + "---:|" * len(names)]
     for system, summary in metrics["systems"].items():
         cells = [f"{summary[name]:.3f}" for name in names]
         lines.append(f"| {system_label(metrics, system)} | {summary['num_queries']} | " + " | ".join(cells) + " |")
     if metrics["comparisons"]:
-        lines += ["", "| difference (95% CI) | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(names)]
+        lines += ["", f"| difference (95% CI) | {headers} |", "|---|" + "---:|" * len(names)]
         for comparison, by_metric in metrics["comparisons"].items():
             cells = [_format_difference(by_metric[name]) for name in names]
             lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines += ["", f"| queries won / tied / lost (p) | {headers} |", "|---|" + "---:|" * len(names)]
+        for comparison, by_metric in metrics["comparisons"].items():
+            cells = [_format_outcomes(by_metric[name]) for name in names]
+            lines.append(f"| {comparison} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", _definitions(metrics)]) + "\n"
+
+
+def _scope(metrics: dict) -> str:
+    split, catalogue = metrics.get("split"), metrics.get("catalogue_size")
+    where = f"a catalogue of {catalogue:,} products" if catalogue else "the catalogue"
+    return f"{split or 'Evaluation'} split: {metrics.get('num_queries', '?')} queries, each retrieving from {where}."
+
+
+def _definitions(metrics: dict) -> str:
+    gains = ", ".join(f"{label} {gain:g}" for label, gain in ESCI_GAINS.items())
+    samples = metrics.get("bootstrap", {}).get("samples", "?")
+    return (
+        f"Relevant: E ∪ S. Recall@10 and nDCG@10 look at the top 10, MRR at the first relevant product within the top "
+        f"{metrics.get('depth', 100)}; nDCG gains {gains} (unjudged products count as I). (E): the same metric with "
+        "Exact products alone relevant. ESCI rank nDCG: the ESCI task-1 (query-product ranking) metric, nDCG of "
+        "each query's whole judged list in the system's score order, same gains, no cut-off. Differences are paired "
+        f"over queries: 95% bootstrap CI and two-sided randomisation test p ({samples} resamples each); a tie is "
+        f"a query whose two values are equal to {TIE_DECIMALS} decimals."
+    )
 
 
 def _format_difference(difference: dict) -> str:
     return f"{difference['difference']:+.3f} [{difference['ci_low']:+.3f}, {difference['ci_high']:+.3f}]"
 
 
+def _format_outcomes(figure: dict) -> str:
+    p_value = figure.get("p_value")
+    p_text = "–" if p_value is None or math.isnan(p_value) else f"{p_value:.3g}"
+    return f"{figure['wins']} / {figure['ties']} / {figure['losses']} (p {p_text})"
+
+
 def plot_metrics(metrics: dict, path: Path) -> None:
-    """Bars of each system's Recall@10 / MRR / nDCG@10, beside a forest plot of the differences with CIs."""
+    """Bars of each system's Recall@10 / MRR / nDCG@10 / ESCI rank nDCG, beside a forest plot of the differences."""
     matplotlib = require("matplotlib", "metrics.png (the evaluation plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names, systems = list(METRIC_LABELS), list(metrics["systems"])
-    figure, (bars, forest) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    names, systems = list(PLOTTED_METRICS), list(metrics["systems"])
+    figure, (bars, forest) = plt.subplots(
+        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.2, 1]}, layout="constrained"
+    )
     width = 0.8 / len(systems)
     for i, system in enumerate(systems):
         heights = [metrics["systems"][system][name] for name in names]
         positions = np.arange(len(names)) + (i - (len(systems) - 1) / 2) * width
         drawn = bars.bar(positions, heights, width, label=system_label(metrics, system))
         bars.bar_label(drawn, fmt="%.3f", fontsize=7)
-    bars.set_xticks(np.arange(len(names)), [METRIC_LABELS[name] for name in names])
+    bars.set_xticks(np.arange(len(names)), [metric_label(name) for name in names])
     bars.set_ylim(0, 1.15)
     bars.set_title(f"{metrics.get('split', '')} split, {metrics.get('num_queries', '?')} queries")
     bars.legend(fontsize=8, loc="upper center", ncols=len(systems), frameon=False)
@@ -250,35 +306,34 @@ def plot_metrics(metrics: dict, path: Path) -> None:
             label = f"{d['difference']:+.3f}"
             forest.annotate(label, (d["difference"], y), xytext=(0, 5), textcoords="offset points", ha="center", size=7)
     ticks = [i * (len(comparisons) + 1) + j for i in range(len(names)) for j in range(len(comparisons))]
-    forest.set_yticks(ticks, [f"{METRIC_LABELS[n]}: {c}" for n in names for c in comparisons], fontsize=8)
+    forest.set_yticks(ticks, [f"{metric_label(n)}: {c}" for n in names for c in comparisons], fontsize=8)
     forest.invert_yaxis()
     forest.axvline(0, color="grey", linewidth=1)
-    forest.set_title("difference per query, mean and 95% paired-bootstrap CI")
-    figure.tight_layout()
+    forest.set_title("difference per query:\nmean and 95% paired-bootstrap CI", fontsize=11)
     figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
 
 
-def write_report(output_dir: str | Path, metrics: dict, per_query: list[dict]) -> None:
-    """Write metrics.json, per_query.jsonl, results.md and metrics.png into ``output_dir``."""
+def write_report(
+    output_dir: str | Path,
+    metrics: dict,
+    per_query: list[dict],
+    qrels: Qrels | None = None,
+    texts: Mapping[str, str] | None = None,
+) -> None:
+    """Write metrics.json, per_query.jsonl, results.md and metrics.png into ``output_dir``; with the ``qrels`` and
+    the product texts (product_id -> text) also report.html, the query-by-query comparison."""
     output_dir = Path(output_dir)
-    write_text_atomic(output_dir / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
-    rows = "".join(json.dumps(_json_safe(row)) + "\n" for row in per_query)
+    write_text_atomic(output_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
+    rows = "".join(json.dumps(json_safe(row)) + "\n" for row in per_query)
     write_text_atomic(output_dir / "per_query.jsonl", rows)
     write_text_atomic(output_dir / "results.md", markdown_table(metrics))
     with atomic_path(output_dir / "metrics.png") as temporary:
         plot_metrics(metrics, temporary)
-
-
-def _json_safe(value):
-    """NaN (an undefined mean) becomes null: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
+        png = temporary.read_bytes()
+    if qrels is not None:
+        page = render_report(metrics, per_query, qrels, texts or {}, png)
+        write_text_atomic(output_dir / "report.html", page)
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -359,6 +414,9 @@ def build_runs(
         names["baseline"] = default_base_model() if args.baseline == "base" else args.baseline
         same_as_model = names["baseline"] == names[MAIN_SYSTEM] and not args.index_dir
         runs["baseline"] = runs[MAIN_SYSTEM] if same_as_model else encoder_run(names["baseline"])
+    if args.compare_model_name_or_path:
+        names["compare"] = args.compare_model_name_or_path
+        runs["compare"] = encoder_run(names["compare"])
     for system, name in names.items():
         if name in judged_by_name:
             judged_runs[system] = judged_by_name[name]
@@ -396,5 +454,5 @@ def run_evaluation(args: EvalArguments) -> dict:
         catalogue_size=len(product_ids),
         arguments=asdict(args),
     )
-    write_report(args.output_dir, metrics, per_query)
+    write_report(args.output_dir, metrics, per_query, qrels, dict(zip(product_ids, product_texts, strict=True)))
     return metrics
