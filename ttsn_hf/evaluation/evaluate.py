@@ -28,12 +28,13 @@ from ..retrieval.indexing import search
 from .metrics import (
     TIE_DECIMALS,
     evaluate_run,
+    metric_label,
     metric_names,
     paired_bootstrap,
     paired_randomisation_test,
     win_tie_loss,
 )
-from .report import json_safe, metric_label, render_report
+from .report import json_safe, render_report
 
 Run = dict[str, list[str]]
 Qrels = dict[str, dict[str, str]]

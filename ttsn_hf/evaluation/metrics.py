@@ -53,6 +53,21 @@ def ndcg_at_k(ranked: Sequence[str], gains: Mapping[str, float], k: int = 10) ->
     return _dcg([gains.get(product_id, 0.0) for product_id in ranked[:k]]) / ideal
 
 
+METRIC_LABELS = {
+    "recall@10": "Recall@10",
+    "mrr": "MRR",
+    "ndcg@10": "nDCG@10",
+    "recall@10_exact": "Recall@10 (E)",
+    "mrr_exact": "MRR (E)",
+    "ndcg@10_exact": "nDCG@10 (E)",
+    "esci_rank_ndcg": "ESCI rank nDCG",
+}
+
+
+def metric_label(name: str) -> str:
+    return METRIC_LABELS.get(name, name)
+
+
 def metric_names(k: int = 10) -> list[str]:
     """The names ``evaluate_run`` reports, graded (E ∪ S) first, then Exact-only, then the ESCI task-1 ranking."""
     graded = [f"recall@{k}", "mrr", f"ndcg@{k}"]

@@ -24,24 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import ESCI_GAINS, EXACT_GAINS, LABELS, RELEVANT_LABELS
-from .metrics import TIE_DECIMALS, metric_names
+from .metrics import TIE_DECIMALS, metric_label, metric_names
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TITLE_CHARS = 100  # product texts are cut to this many characters: the report is for reading, not for search
 LABEL_ORDER = {label: rank for rank, label in enumerate(LABELS)}
-METRIC_LABELS = {
-    "recall@10": "Recall@10",
-    "mrr": "MRR",
-    "ndcg@10": "nDCG@10",
-    "recall@10_exact": "Recall@10 (E)",
-    "mrr_exact": "MRR (E)",
-    "ndcg@10_exact": "nDCG@10 (E)",
-    "esci_rank_ndcg": "ESCI rank nDCG",
-}
-
-
-def metric_label(name: str) -> str:
-    return METRIC_LABELS.get(name, name)
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..atomic import atomic_path
 from ..errors import UserInputError
 from ..extras import require
-from .state import is_figure, read_state
+from .state import read_state
+from .summary import is_figure
 
 logger = logging.getLogger(__name__)
 CURVES_FILE = "training_curves.png"

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_text_atomic
-from ..evaluation.evaluate import METRIC_LABELS
-from ..evaluation.metrics import paired_bootstrap
+from ..evaluation.metrics import METRIC_LABELS, paired_bootstrap
 from .state import BASE_EPOCH, PER_QUERY_FILE, read_state
 
 SUMMARY_FILE = "run_summary.json"
