@@ -1,1 +1,2 @@
-"""Training: arguments, tokenising collator, the Trainer subclass, the stage schedule and the run that drives it."""
+"""Training: the stage schedule (run, its plan), the Trainer subclass and GradCache, query-group collation, the
+schedule's state, summary and curves, and the distillation teacher."""
