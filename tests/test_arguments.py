@@ -141,3 +141,25 @@ def test_help_lists_own_options_first_and_help_all_everything():
     assert brief.index("--stage_epochs") < brief.index("--per_device_train_batch_size")
     assert "--help-all" in brief and "--adam_beta1" in full and "--adam_beta1" not in brief
     assert "Not directly used by Trainer" not in brief
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--metric_for_best_model", "eval_ndcg10", "not a validation metric; did you mean eval_ndcg@10?"),
+        ("--learning_rate", "1e-3", "use --stage_learning_rates"),
+    ],
+)
+def test_train_py_refuses_a_wrong_metric_or_a_schedule_flag_before_anything(tmp_path, flag, value, expected):
+    """One line, exit 2, nothing written: before the data, the model or the output folder is touched."""
+    output = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), "--esci_dir", "../shared/data/esci-us-sample",
+               "--output_dir", str(output), flag, value]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0] and not output.exists()
+    if flag == "--metric_for_best_model":  # the selectable names, as --help lists them
+        assert "eval_esci_rank_ndcg" in errors[0] and "eval_esci_rank_ndcg" in subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True
+        ).stdout.replace("\n", " ").replace("  ", "")
