@@ -28,8 +28,8 @@ def main() -> None:
         (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments), aliases=SEED_ALIASES
     )
     configure_threads(data_args.num_threads)
+    run = TrainingRun(model_args, data_args, schedule_args, training_args)  # checks every option first
     logger.info(environment_line(training_args))
-    run = TrainingRun(model_args, data_args, schedule_args, training_args)
     run.run()
     state = PartialState()
     if state.is_main_process:
