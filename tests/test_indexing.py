@@ -127,7 +127,9 @@ def test_save_load_round_trip_answers_the_same(vectors, tmp_path):
     texts = [f"title {i}" for i in range(len(corpus))]
     index = build_index(corpus, "HNSW32")
     before = search(index, queries, 5)
-    save_index(tmp_path / "index", index, ids, make_manifest(encoder, Products.from_lists(ids, texts), index, "HNSW32"), texts)
+    save_index(
+        tmp_path / "index", index, ids, make_manifest(encoder, Products.from_lists(ids, texts), index, "HNSW32"), texts
+    )
     loaded = load_index(tmp_path / "index", encoder)
     after = search(loaded.index, queries, 5)
     np.testing.assert_array_equal(after[1], before[1])

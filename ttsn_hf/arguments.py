@@ -59,6 +59,9 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: d
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         raise UserInputError(_unknown_flag_message(unknown, parser))
+    for arguments in parsed:
+        if isinstance(arguments, DataSourceArguments):
+            arguments.check_paths()
     return tuple(parsed)
 
 
@@ -105,6 +108,10 @@ class DataSourceArguments:
             raise UserInputError("pass one of --esci_dir (ESCI data) and --data_dir (prepared data), not both")
         if not self.esci_dir and not self.data_dir and Path(DEFAULT_DATA_DIR, "summary.json").is_file():
             self.data_dir = DEFAULT_DATA_DIR
+
+    def check_paths(self) -> None:
+        """A data path that does not exist: one line naming the flag and the fix (``parse_args`` calls this once
+        every flag is known)."""
         _check_esci_dir(self.esci_dir)
         if self.data_dir and not Path(self.data_dir).is_dir():
             raise UserInputError(
@@ -330,7 +337,6 @@ class PrepareArguments(DataSourceArguments):
             raise UserInputError("prepare.py reads raw ESCI data: pass --esci_dir, not --data_dir")
         if not self.esci_dir:
             raise UserInputError("prepare.py needs --esci_dir (the official ESCI folder, or a table or dataset)")
-        _check_esci_dir(self.esci_dir)
         check_output_path(self.output_dir, "--output_dir")
         self.stage_list = _stage_list(self.stages)
 
