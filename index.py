@@ -10,7 +10,8 @@ Search (any --query switches to search mode; the model is the manifest's unless 
 
     python index.py --index_dir index/ --query "usb c cable" --query "running shoes" --top_k 10
 
-Encoding is chunked and cached under --cache_dir, so an interrupted build resumes from the chunks already encoded.
+The catalogue is streamed from its table; encoding is chunked and cached under --cache_dir (default:
+embedding_cache/ beside --output_dir), so an interrupted build resumes from the chunks already encoded.
 """
 
 from ttsn_hf.arguments import IndexArguments, parse_args
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None):
 
 def build(args: IndexArguments):
     from ttsn_hf.modeling.model import load_model
-    from ttsn_hf.retrieval.catalogue import load_catalogue
+    from ttsn_hf.retrieval.catalogue import default_cache_dir, load_catalogue
     from ttsn_hf.retrieval.indexing import build_catalogue_index
 
     accelerator = make_accelerator()
@@ -34,14 +35,14 @@ def build(args: IndexArguments):
     catalogue = load_catalogue(args.data_source)
     folder = build_catalogue_index(
         model,
-        catalogue.product_ids,
-        catalogue.texts,
+        catalogue,
+        None,
         args.output_dir,
         factory=args.index_factory,
         batch_size=args.batch_size,
         bf16=args.bf16,
         chunk_size=args.chunk_size,
-        cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir or default_cache_dir(args.output_dir),
         accelerator=accelerator,
     )
     if accelerator.is_main_process:

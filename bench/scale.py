@@ -1,6 +1,7 @@
 """Full-release scale: the whole pipeline on a synthetic ESCI of the official release's size, step by step.
 
-    python bench/scale.py --fractions 0.1,0.3,1.0 --work_dir /tmp/ttsn-scale
+    python bench/scale.py --fractions 0.1,1.0 --work_dir /tmp/ttsn-scale
+    python bench/scale.py --fractions 0.1,1.0 --code_dir /tmp/ttsn-main --label baseline   # another commit's CLIs
 
 For each fraction of the full release (130,652 queries, 2,621,738 judgements, 1,814,924 products) it writes a
 synthetic ESCI in the official layout (``write_synthetic_esci``; chunked, fixed seed, never in the repository), then
@@ -8,8 +9,10 @@ runs every step as the real CLI in a fresh subprocess: prepare, train stages 1-3
 whole catalogue, index, eval over every test query. A tiny random encoder (2-layer 32-dim BERT with MiniLM's
 tokenizer) is used so that the pipeline, not the model, is measured. Per step it records wall time, CPU time
 (user + system of the step's whole process tree), peak RSS (the largest process, from ``wait4``, and the sum over
-the process tree, polled), and the disk the step's outputs take. Results: ``bench/results/scale.json`` and
-``bench/results/scale.png``.
+the process tree, polled), and the disk the step's outputs take. Each run records the commit its steps ran
+(``--code_dir``: a checkout of another commit, e.g. the baseline) under a ``--label``; runs are kept per (label,
+fraction), and other top-level keys of the JSON (e.g. a batch-size sweep) are kept as they are. Results:
+``bench/results/scale.json`` and ``bench/results/scale.png``.
 """
 
 from __future__ import annotations
@@ -212,12 +215,12 @@ def write_tiny_encoder(folder: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def code_version() -> str:
+def code_version(code_dir: Path = REPO) -> str:
     """The commit the steps run (with "+changes" when the working tree differs from it)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ttsn_hf", "*.py"], cwd=REPO, capture_output=True,
-                               text=True)  # fmt: skip
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code_dir, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ttsn_hf", "*.py"], cwd=code_dir,
+                               capture_output=True, text=True)  # fmt: skip
     except OSError:
         return "unknown"
     return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if commit.returncode == 0 else "unknown"
@@ -249,12 +252,12 @@ def _poll_tree_rss(pid: int, peak: list[int], done: threading.Event, interval: f
         done.wait(interval)
 
 
-def measure(argv: list[str], log: Path, env: dict[str, str], interval: float = 0.2) -> dict:
-    """Run ``argv`` to completion; its wall and CPU seconds, peak RSS and exit status."""
+def measure(argv: list[str], log: Path, env: dict[str, str], interval: float = 0.2, cwd: Path = REPO) -> dict:
+    """Run ``argv`` (in ``cwd``) to completion; its wall and CPU seconds, peak RSS and exit status."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "wb") as output:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
         peak, done = [0], threading.Event()
         poller = threading.Thread(target=_poll_tree_rss, args=(process.pid, peak, done, interval), daemon=True)
         poller.start()
@@ -327,16 +330,19 @@ def run_fraction(fraction: float, work: Path, args: argparse.Namespace, report=l
     """Write the synthetic release at ``fraction`` under ``work`` and run every step; the per-step figures, also
     passed to ``report`` after every step (so a run stopped early keeps what it measured)."""
     # the tokenizer may use both cores: no step forks after tokenizing (dataloader_num_workers 0)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
+    code_dir = Path(args.code_dir).resolve()
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
     env["HF_DATASETS_CACHE"] = str(work / "hf_datasets_cache")
+    env["TTSN_HF_CACHE"] = str(work / "ttsn_hf_cache")
     started = time.perf_counter()
     sizes = write_synthetic_esci(work / "esci", fraction, seed=args.seed)
     result = {
+        "label": args.label,
         "fraction": fraction,
         **sizes,
         "generate_s": round(time.perf_counter() - started, 2),
         "esci_disk_bytes": disk_usage(work / "esci"),
-        "code": code_version(),
+        "code": code_version(code_dir),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "steps": {},
     }
@@ -344,8 +350,12 @@ def run_fraction(fraction: float, work: Path, args: argparse.Namespace, report=l
     commands = step_commands(work, encoder, args.train_steps, args.batch_size, args.max_pairs, args.steps)
     for name, (argv, output) in commands.items():
         print(f"[{fraction:g}] {name}: {' '.join(argv[1:3])} ...", flush=True)
-        figures = measure(argv, work / "logs" / f"{name}.log", env)
+        figures = measure(argv, work / "logs" / f"{name}.log", env, cwd=code_dir)
         figures["output_disk_bytes"] = disk_usage(output)
+        if output.is_dir():  # what each folder of the output takes (data/: catalogue, judgements, stageN)
+            figures["output_disk_bytes_by_folder"] = {
+                item.name: disk_usage(item) for item in sorted(output.iterdir()) if item.is_dir()
+            }
         figures["work_disk_bytes"] = disk_usage(work)
         result["steps"][name] = figures
         print(f"[{fraction:g}] {name}: {json.dumps(figures)}", flush=True)
@@ -368,8 +378,9 @@ def _finish(result: dict, commands: dict) -> dict:
 
 def linearity(runs: list[dict]) -> dict[str, dict]:
     """Per step, between the smallest and the largest size where it succeeded: (wall time ratio, CPU time ratio) /
-    judgements ratio. 1.0 is linear, 1.5 the target's limit; CPU time is the steadier figure on a shared machine."""
-    summary = {"wall": {}, "cpu": {}, "between_fractions": {}}
+    judgements ratio (1.0 is linear; CPU time is the steadier figure on a shared machine), and the peak RSS ratio
+    (the largest process, ``wait4``)."""
+    summary = {"wall": {}, "cpu": {}, "peak_rss": {}, "between_fractions": {}}
     for step in STEPS:
         done = sorted((run for run in runs if run["steps"].get(step, {}).get("returncode") == 0), key=_fraction)
         if len(done) < 2 or done[0]["fraction"] == done[-1]["fraction"]:
@@ -379,12 +390,22 @@ def linearity(runs: list[dict]) -> dict[str, dict]:
         for key, figure in (("wall", "wall_s"), ("cpu", "cpu_s")):
             growth = large["steps"][step][figure] / max(small["steps"][step][figure], 1e-9)
             summary[key][step] = round(growth / size_ratio, 3)
+        peak = large["steps"][step]["peak_rss_gib"] / max(small["steps"][step]["peak_rss_gib"], 1e-9)
+        summary["peak_rss"][step] = round(peak, 3)
         summary["between_fractions"][step] = [small["fraction"], large["fraction"]]
     return summary
 
 
 def _fraction(run: dict) -> float:
     return run["fraction"]
+
+
+def _label(run: dict) -> str:
+    return run.get("label", "unlabelled")
+
+
+def _key(run: dict) -> tuple[str, float]:
+    return _label(run), run["fraction"]
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -395,17 +416,23 @@ def plot(runs: list[dict], path: Path) -> None:
 
     runs = sorted(runs, key=lambda run: run["fraction"])
     figure, (times, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for step in STEPS:
-        points = [(run["products"], run["steps"][step]) for run in runs if step in run["steps"]]
-        if not points:
-            continue
-        sizes = [size for size, _ in points]
-        times.plot(sizes, [figures["wall_s"] for _, figures in points], "o-", label=step)
-        memory.plot(sizes, [figures["peak_tree_rss_gib"] for _, figures in points], "o-", label=step)
+    labels = sorted({_label(run) for run in runs})
+    for number, step in enumerate(STEPS):
+        for label in labels:
+            points = [
+                (run["products"], run["steps"][step]) for run in runs if step in run["steps"] and _label(run) == label
+            ]
+            if not points:
+                continue
+            sizes = [size for size, _ in points]
+            style = dict(color=f"C{number}", linestyle="--" if label == "baseline" else "-", marker="o")
+            name = f"{step} ({label})" if len(labels) > 1 else step
+            times.plot(sizes, [figures["wall_s"] for _, figures in points], label=name, **style)
+            memory.plot(sizes, [figures["peak_rss_gib"] for _, figures in points], label=name, **style)
     times.set(xlabel="catalogue products", ylabel="wall time (s)", title="time per step", xscale="log", yscale="log")
-    memory.set(xlabel="catalogue products", ylabel="peak RSS, process tree (GiB)", title="memory per step")
+    memory.set(xlabel="catalogue products", ylabel="peak RSS, largest process (GiB)", title="memory per step")
     memory.set_xscale("log")
-    times.legend(fontsize=8)
+    times.legend(fontsize=7, ncols=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -422,6 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", default=",".join(STEPS), help=f"Steps to run, comma-separated: {','.join(STEPS)}.")
     parser.add_argument("--output", default=str(REPO / "bench" / "results" / "scale.json"))
+    parser.add_argument("--code_dir", default=str(REPO), help="The repository whose CLIs run (default: this one).")
+    parser.add_argument("--label", default="new", help="The runs' label in the JSON (e.g. baseline, new).")
     return parser.parse_args(argv)
 
 
@@ -446,18 +475,20 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def summarise(output: Path, new_runs: list[dict], args: argparse.Namespace) -> dict:
-    """Merge ``new_runs`` into the runs already in ``output`` (a size measured again replaces its old run), then
-    write the JSON and the plot."""
-    runs = json.loads(output.read_text(encoding="utf-8")).get("runs", []) if output.is_file() else []
-    fractions = {run["fraction"] for run in new_runs}
-    runs = sorted([run for run in runs if run["fraction"] not in fractions] + new_runs, key=lambda run: run["fraction"])
+    """Merge ``new_runs`` into the runs already in ``output`` (a (label, size) measured again replaces its old run),
+    then write the JSON and the plot. Top-level keys this script does not write are kept."""
+    earlier = json.loads(output.read_text(encoding="utf-8")) if output.is_file() else {}
+    replaced = {_key(run) for run in new_runs}
+    runs = sorted([run for run in earlier.get("runs", []) if _key(run) not in replaced] + new_runs, key=_key)
+    labels = sorted({_label(run) for run in runs})
     results = {
+        **earlier,
         "machine": machine("cpu"),
         "encoder": "random 2-layer 32-dim BERT, MiniLM tokenizer",
         "train_steps_per_stage": args.train_steps,
         "train_pairs_tokenized_per_stage": args.max_pairs,
         "runs": runs,
-        "time_vs_linear": linearity(runs),
+        "time_vs_linear": {label: linearity([run for run in runs if _label(run) == label]) for label in labels},
     }
     write_json(output, results)
     if runs:

@@ -18,6 +18,7 @@ from ttsn_hf.errors import UserInputError
 from ttsn_hf.labels import DEFAULT_LABEL_WEIGHTS, parse_label_weights
 
 REPO = Path(__file__).resolve().parents[1]
+X = str(REPO.parent / "shared" / "data" / "esci-us-sample")  # an --esci_dir that exists: the parsing is tested
 TRAIN_TYPES = (ModelArguments, DataArguments, ScheduleArguments, TwoTowerTrainingArguments)
 
 
@@ -38,15 +39,17 @@ def run_main(load_cli, script: str, argv: list[str], capsys) -> str:
 @pytest.mark.parametrize(
     "script, argv, expected",
     [
-        ("eval", ["--esci_dir", "x", "--spilt", "test"], "unknown argument '--spilt'; did you mean --split?"),
-        ("mine", ["--checkpoint", "m", "--esci_dir", "x", "--ouput", "o"], "did you mean --output?"),
-        ("index", ["--model_name_or_path", "m", "--esci_dir", "x", "--top", "3"], "unknown argument '--top'"),
-        ("prepare", ["--esci_dir", "x", "--ouput_dir", "o"], "did you mean --output_dir?"),
-        ("eval", ["--esci_dir", "x", "--data_dir", "y"], "not both"),
+        ("eval", ["--esci_dir", X, "--spilt", "test"], "unknown argument '--spilt'; did you mean --split?"),
+        ("mine", ["--checkpoint", "m", "--esci_dir", X, "--ouput", "o"], "did you mean --output?"),
+        ("index", ["--model_name_or_path", "m", "--esci_dir", X, "--top", "3"], "unknown argument '--top'"),
+        ("prepare", ["--esci_dir", X, "--ouput_dir", "o"], "did you mean --output_dir?"),
+        ("eval", ["--esci_dir", X, "--data_dir", "y"], "not both"),
         ("eval", ["--split", "test"], "no data: pass --esci_dir"),
-        ("mine", ["--esci_dir", "x"], "needs --model_name_or_path (or --checkpoint)"),
+        ("mine", ["--esci_dir", X], "needs --model_name_or_path (or --checkpoint)"),
         ("prepare", ["--data_dir", "x"], "pass --esci_dir, not --data_dir"),
-        ("eval", ["--esci_dir", "x", "--top_k", "ten"], "--top_k/--top-k: invalid int value: 'ten'"),
+        ("eval", ["--esci_dir", X, "--top_k", "ten"], "--top_k/--top-k: invalid int value: 'ten'"),
+        ("eval", ["--esci_dir", "no/such/dir/x"], "--esci_dir no/such/dir/x: no such file or folder; pass the"),
+        ("mine", ["--checkpoint", "m", "--data_dir", "nodata"], "--data_dir nodata: no such folder; write it first"),
     ],
 )
 def test_bad_flags_are_one_line_and_write_nothing(script, argv, expected, load_cli, capsys, tmp_path, monkeypatch):
@@ -58,10 +61,10 @@ def test_bad_flags_are_one_line_and_write_nothing(script, argv, expected, load_c
 @pytest.mark.parametrize(
     "script, argv",
     [
-        ("eval", ["--esci_dir", "x", "--output_dir", "taken"]),
-        ("index", ["--model_name_or_path", "m", "--esci_dir", "x", "--output_dir", "taken"]),
-        ("mine", ["--checkpoint", "m", "--esci_dir", "x", "--output", "taken/negatives.parquet"]),
-        ("prepare", ["--esci_dir", "x", "--output_dir", "taken/data"]),
+        ("eval", ["--esci_dir", X, "--output_dir", "taken"]),
+        ("index", ["--model_name_or_path", "m", "--esci_dir", X, "--output_dir", "taken"]),
+        ("mine", ["--checkpoint", "m", "--esci_dir", X, "--output", "taken/negatives.parquet"]),
+        ("prepare", ["--esci_dir", X, "--output_dir", "taken/data"]),
     ],
 )
 def test_output_path_that_is_a_file_is_refused_before_any_work(script, argv, load_cli, capsys, tmp_path, monkeypatch):
@@ -74,7 +77,7 @@ def test_output_path_that_is_a_file_is_refused_before_any_work(script, argv, loa
 def test_train_py_typo_and_abbreviation_exit_2_one_line_no_traceback(tmp_path):
     for flag in ("--ouput_dir", "--max_step"):
         result = subprocess.run(
-            [sys.executable, str(REPO / "train.py"), "--esci_dir", "x", flag, "1"],
+            [sys.executable, str(REPO / "train.py"), "--esci_dir", X, flag, "1"],
             capture_output=True,
             text=True,
             cwd=tmp_path,
@@ -90,7 +93,7 @@ def test_train_py_typo_and_abbreviation_exit_2_one_line_no_traceback(tmp_path):
 def test_train_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(UserInputError, match="--output_dir .*out: exists and is a file"):
-        parse_args(TRAIN_TYPES, ["--esci_dir", "x", "--output_dir", str(tmp_path / "out")])
+        parse_args(TRAIN_TYPES, ["--esci_dir", X, "--output_dir", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize(
@@ -104,27 +107,27 @@ def test_train_output_dir_that_is_a_file(tmp_path):
 )
 def test_malformed_label_weights(text, message):
     with pytest.raises(UserInputError, match=message):
-        parse_args(TRAIN_TYPES, ["--esci_dir", "x", "--label_weights", text])
+        parse_args(TRAIN_TYPES, ["--esci_dir", X, "--label_weights", text])
 
 
 def test_label_weights_parse_and_keep_defaults():
     assert parse_label_weights("S=1, c=0") == {**DEFAULT_LABEL_WEIGHTS, "S": 1.0, "C": 0.0}
-    (_, _, schedule, _) = parse_args(TRAIN_TYPES, ["--esci_dir", "x"])
+    (_, _, schedule, _) = parse_args(TRAIN_TYPES, ["--esci_dir", X])
     assert schedule.parsed_label_weights() == DEFAULT_LABEL_WEIGHTS
 
 
 @pytest.mark.parametrize("flag, value", [("--stage_epochs", "2,1"), ("--stage_learning_rates", "a,b,c")])
 def test_malformed_schedule(flag, value):
     with pytest.raises(UserInputError, match=flag):
-        parse_args(TRAIN_TYPES, ["--esci_dir", "x", flag, value])
+        parse_args(TRAIN_TYPES, ["--esci_dir", X, flag, value])
 
 
 def test_seed_aliases_and_prepared_data_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (_, data, _, training) = parse_args(
-        TRAIN_TYPES, ["--esci_dir", "x", "--checkpoint_dir", "runs/a"], aliases={"--checkpoint_dir": "--output_dir"}
+        TRAIN_TYPES, ["--esci_dir", X, "--checkpoint_dir", "runs/a"], aliases={"--checkpoint_dir": "--output_dir"}
     )
-    assert training.output_dir == "runs/a" and data.data_source == "x"
+    assert training.output_dir == "runs/a" and data.data_source == X
     Path("data").mkdir()
     Path("data/summary.json").write_text("{}")
     assert EvalArguments().data_source == "data"

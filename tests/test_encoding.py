@@ -4,6 +4,7 @@ import threading
 import numpy as np
 import pytest
 
+from ttsn_hf.data.tables import Products
 from ttsn_hf.errors import UserInputError
 from ttsn_hf.retrieval.encoding import (
     EMBEDDINGS_FILE,
@@ -95,7 +96,7 @@ def test_interrupted_encoding_resumes_from_the_chunks_written(catalogue, tmp_pat
     ids, texts = catalogue
     with pytest.raises(KeyboardInterrupt):
         encode_catalogue(HashingEncoder(fail_after_calls=3), ids, texts, cache_dir=tmp_path, chunk_size=5)
-    folder = tmp_path / cache_key(HashingEncoder(), ids, texts, bf16=False)
+    folder = tmp_path / cache_key(HashingEncoder(), Products.from_lists(ids, texts), bf16=False)
     assert sorted(path.name for path in (folder / "chunks-5").glob("*.npy")) == [
         "000000.npy",
         "000001.npy",
@@ -157,7 +158,8 @@ def test_model_fingerprint_follows_the_weights_not_the_path(tiny_encoder_dir, tm
         copy.encoder.embeddings.word_embeddings.weight[0, 0] += 1.0
     assert model_fingerprint(copy) != model_fingerprint(model)
     ids, texts = ["a"], ["x"]
-    assert cache_key(model, ids, texts, bf16=True) != cache_key(model, ids, texts, bf16=False)
+    catalogue = Products.from_lists(ids, texts)
+    assert cache_key(model, catalogue, bf16=True) != cache_key(model, catalogue, bf16=False)
 
 
 def test_encoding_with_the_two_tower_model_in_chunks_matches_one_call(tiny_encoder_dir, tmp_path):

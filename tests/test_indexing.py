@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ttsn_hf.data.tables import Products
 from ttsn_hf.errors import UserInputError
 from ttsn_hf.retrieval.indexing import (
     MANIFEST_FILE,
@@ -126,7 +127,9 @@ def test_save_load_round_trip_answers_the_same(vectors, tmp_path):
     texts = [f"title {i}" for i in range(len(corpus))]
     index = build_index(corpus, "HNSW32")
     before = search(index, queries, 5)
-    save_index(tmp_path / "index", index, ids, make_manifest(encoder, ids, texts, index, "HNSW32"), texts)
+    save_index(
+        tmp_path / "index", index, ids, make_manifest(encoder, Products.from_lists(ids, texts), index, "HNSW32"), texts
+    )
     loaded = load_index(tmp_path / "index", encoder)
     after = search(loaded.index, queries, 5)
     np.testing.assert_array_equal(after[1], before[1])
@@ -143,7 +146,7 @@ def test_an_index_of_another_model_is_refused_naming_both(tmp_path):
     ids, texts = ["a", "b"], ["red shoe", "blue cable"]
     embeddings = built_with.encode_products(texts)
     index = build_index(embeddings)
-    save_index(tmp_path, index, ids, make_manifest(built_with, ids, texts, index, "Flat"), texts)
+    save_index(tmp_path, index, ids, make_manifest(built_with, Products.from_lists(ids, texts), index, "Flat"), texts)
     other = HashingEncoder(fingerprint="model-b")
     other.name_or_path = "checkpoints/other"
     with pytest.raises(UserInputError, match=r"built with model 'hashing-bow'.*not with model 'checkpoints/other'"):
@@ -159,7 +162,7 @@ def test_searcher_returns_ids_texts_and_scores(tmp_path):
     ids = ["B1", "B2", "B3"]
     texts = ["usb c cable braided", "running shoes men", "garden hose"]
     index = build_index(encoder.encode_products(texts))
-    save_index(tmp_path, index, ids, make_manifest(encoder, ids, texts, index, "Flat"), texts)
+    save_index(tmp_path, index, ids, make_manifest(encoder, Products.from_lists(ids, texts), index, "Flat"), texts)
     hits = ProductSearcher.from_folder(tmp_path, encoder).search(["usb c cable", "garden hose"], k=2)
     assert [hit.product_id for hit in hits[0]][0] == "B1"
     assert hits[1][0] == ("B3", "garden hose", pytest.approx(1.0, abs=1e-6))

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -213,16 +214,75 @@ def sample_negatives(esci_sample, tmp_path_factory):
     return data, mine_hard_negatives(HashingEncoder(), data, settings), cache
 
 
-def test_no_judged_product_is_ever_mined(sample_negatives):
+def test_no_judged_product_is_ever_mined(sample_negatives, esci_sample):
     data, mined, _ = sample_negatives
-    judged = data.judgements  # E/S/C would be false negatives; I judgements are negatives already
-    assert set(judged["esci_label"]) == {"E", "S", "C", "I"}
+    judged = pd.read_parquet(esci_sample / "shopping_queries_dataset_examples.parquet")
+    assert set(judged["esci_label"]) == {"E", "S", "C", "I"}  # E/S/C would be false negatives, I already negatives
     judged_pairs = set(zip(judged["query_id"], judged["product_id"], strict=True))
     assert len(mined) == 150 * 20
     assert not judged_pairs & set(zip(mined["query_id"], mined["product_id"], strict=True))
-    train = set(data.judgements.loc[data.judgements["split"] == "train", "query_id"])
-    assert set(mined["query_id"]) <= train and len(data.train_query_ids) == 150
+    train = set(judged.loc[judged["split"] == "train", "query_id"].astype(str))
+    assert set(mined["query_id"].astype(str)) <= train and len(data.train_query_ids) == 150
     assert not mined.duplicated(["query_id", "product_id"]).any()
+
+
+def test_queries_searched_in_chunks_mine_the_same(sample_negatives, monkeypatch):
+    from ttsn_hf.retrieval import mining
+
+    data, mined, cache = sample_negatives
+    monkeypatch.setattr(mining, "QUERIES_PER_SEARCH", 7)
+    chunked = mine_hard_negatives(
+        HashingEncoder(), data, num_negatives=20, relative_margin=None, cache_dir=cache, seed=3
+    )
+    pd.testing.assert_frame_equal(chunked, mined)
+
+
+def test_mined_file_keeps_the_source_query_id_dtype_and_joins_the_examples(sample_negatives, esci_sample, tmp_path):
+    """The official layout's query_id is int64, a plain table's a string: the mined file keeps each, and says which,
+    so that a user's examples.merge(mined, on="query_id") works."""
+    _, mined, _ = sample_negatives
+    examples = pd.read_parquet(esci_sample / "shopping_queries_dataset_examples.parquet")
+    path = write_hard_negatives(mined, tmp_path / "official.parquet")
+    written = pd.read_parquet(path)
+    assert written["query_id"].dtype == examples["query_id"].dtype == np.int64
+    assert json.loads(path.with_suffix(".json").read_text())["query_id_dtype"] == "int64"
+    joined = examples.merge(written, on="query_id", suffixes=("", "_mined"))
+    assert len(joined) == len(examples[examples["query_id"].isin(written["query_id"])].merge(written, on="query_id"))
+    assert set(joined["query"]) and set(joined["query_id"]) == set(written["query_id"])
+
+    plain = tmp_path / "plain.csv"
+    examples.head(300).rename(columns={"esci_label": "label"}).merge(
+        pd.read_parquet(esci_sample / "shopping_queries_dataset_products.parquet"), on="product_id"
+    ).assign(query_id=lambda frame: "q" + frame["query_id"].astype(str))[
+        ["query_id", "query", "product_id", "product_title", "label", "split"]
+    ].to_csv(plain, index=False)
+    from_plain = mine_hard_negatives(HashingEncoder(), load_mining_input(plain), num_negatives=2, relative_margin=None)
+    path = write_hard_negatives(from_plain, tmp_path / "plain.parquet")
+    assert pd.api.types.is_string_dtype(pd.read_parquet(path)["query_id"])
+    assert json.loads(path.with_suffix(".json").read_text())["query_id_dtype"] == "string"
+    assert pd.read_csv(plain, dtype={"query_id": str}).merge(pd.read_parquet(path), on="query_id").shape[0] > 0
+
+
+def test_a_mined_file_is_compared_by_every_selection_setting_and_the_catalogue(sample_negatives, tmp_path):
+    from ttsn_hf.data.tables import Products
+    from ttsn_hf.retrieval.mining import mined_file_difference
+
+    data, mined, _ = sample_negatives
+    summary = mined.attrs["summary"]
+    settings = MiningSettings(num_negatives=20, relative_margin=None, seed=3)
+    fingerprint = summary["model_fingerprint"]
+    assert mined_file_difference(summary, fingerprint, settings, data.products) is None
+    assert "mined by" in mined_file_difference(summary, "0" * 64, settings, data.products)
+    changes = {"num_negatives": 10, "relative_margin": 0.05, "margin": 0.1, "range_min": 1, "range_max": 99,
+               "sampling_strategy": "random", "positive_reference": "min", "positive_labels": ("E",)}  # fmt: skip
+    for name, value in changes.items():
+        other = dataclasses.replace(settings, **{name: value})
+        assert name in mined_file_difference(summary, fingerprint, other, data.products), name
+    # the seed matters to random sampling only
+    assert mined_file_difference(summary, fingerprint, dataclasses.replace(settings, seed=4), data.products) is None
+    smaller = Products(data.products.table.slice(0, len(data.products) - 1))
+    assert mined_file_difference(summary, fingerprint, settings, smaller) == "mined over another catalogue"
+    assert "older version" in mined_file_difference({"model_fingerprint": fingerprint}, fingerprint, settings, smaller)
 
 
 def test_mining_the_sample_again_is_identical_and_reuses_the_cache(sample_negatives):
@@ -301,6 +361,9 @@ def test_mine_cli_with_the_seed_flags(tiny_encoder_dir, esci_sample, tmp_path):
     assert summary["relative_margin"] is None and summary["range_max"] == 300
     assert summary["model_name_or_path"] == str(tiny_encoder_dir)
     assert (mined["score"] <= mined["positive_score"] - 0.002 + 1e-6).all()
+    examples = pd.read_parquet(esci / "shopping_queries_dataset_examples.parquet")
+    assert mined["query_id"].dtype == examples["query_id"].dtype and summary["query_id_dtype"] == "int64"
+    assert len(examples.merge(mined, on="query_id")) > 0
     with pytest.raises(SystemExit) as exit_info:
         run_mine_cli(["--checkpoint", str(tiny_encoder_dir), "--output", str(output)])
     assert exit_info.value.code == 2
@@ -324,9 +387,9 @@ model.encode_products = lambda texts, **kwargs: encoded.append(len(texts)) or en
 data = load_mining_input(esci)
 settings = dict(margin=0.002, relative_margin=None, range_max=300, chunk_size=64, seed=5)
 mine_to_file(model, data, out / "negatives.parquet", accelerator, cache_dir=out / "cache", **settings)
-build_catalogue_index(model, data.product_ids, data.product_texts, out / "index", "Flat", chunk_size=64,
-                      cache_dir=out / "cache", accelerator=accelerator)
-uncached = encode_catalogue(model, data.product_ids, data.product_texts, chunk_size=64, accelerator=accelerator)
+build_catalogue_index(model, data.products, None, out / "index", "Flat", chunk_size=64, cache_dir=out / "cache",
+                      accelerator=accelerator)
+uncached = encode_catalogue(model, data.products, chunk_size=64, accelerator=accelerator)
 (out / f"encoded_by_{accelerator.process_index}.txt").write_text(str(sum(encoded)))
 if accelerator.is_main_process:
     np.save(out / "uncached.npy", uncached)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ttsn_hf.data.esci import EXAMPLES_FILE, PRODUCTS_FILE
-from ttsn_hf.data.stages import build_stage, load_hard_negatives, load_prepared, prepare
+from ttsn_hf.data.stages import STAGE_FEATURES, build_stage, load_hard_negatives, load_prepared, prepare
 from ttsn_hf.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +54,16 @@ def stage_frame(stages, stage, split):
     return stages[stage][split].to_pandas()
 
 
+def pairs(frame, kind, where=None):
+    """(query_id, product_id) pairs of the ``kind`` lists ("positive" or "negative"), optionally of one source."""
+    found = set()
+    for row in frame.itertuples():
+        ids = getattr(row, f"{kind}_ids")
+        tags = row.negative_sources if kind == "negative" else [None] * len(ids)
+        found |= {(row.query_id, pid) for pid, tag in zip(ids, tags, strict=True) if where is None or tag == where}
+    return found
+
+
 def expected_mined(mined_file, raw, query_ids):
     """The mined pairs prepare should keep for ``query_ids``, computed here from the raw files."""
     examples, _ = raw
@@ -72,6 +82,7 @@ def test_layout_and_columns(prepared):
     assert sorted(path.name for path in output.iterdir()) == [
         "catalogue",
         "judgements",
+        "queries",
         "stage1",
         "stage2",
         "stage3",
@@ -80,18 +91,12 @@ def test_layout_and_columns(prepared):
     assert set(stages) == {1, 2, 3}
     assert esci.catalogue.column_names == ["product_id", "product_text"]
     assert esci.judgements.column_names == ["query_id", "query", "product_id", "esci_label", "split"]
+    assert datasets.load_from_disk(output / "queries").column_names == ["query_id", "query", "split"]
     for splits in stages.values():
         assert set(splits) == {"train", "validation"}
-        assert splits["train"].column_names == [
-            "query_id",
-            "query",
-            "product_id",
-            "product_text",
-            "esci_label",
-            "target",
-            "source",
-            "stage",
-        ]
+        assert splits["train"].column_names == list(STAGE_FEATURES)
+        # ids to read, texts never copied: the stage folders hold no product text
+        assert "product_text" not in splits["train"].column_names
 
 
 def test_queries_held_out_by_query_and_test_queries_never_used(prepared, raw):
@@ -117,25 +122,24 @@ def test_rows_follow_the_stage_rules(prepared, raw):
     labels = dict(
         zip(zip(examples["query_id"], examples["product_id"], strict=True), examples["esci_label"], strict=True)
     )
-    texts = esci.catalogue.to_pandas().set_index("product_id")["product_text"]
+    catalogue = esci.catalogue.to_pandas()
     queries = examples.drop_duplicates("query_id").set_index("query_id")["query"]
     for stage in (1, 2, 3):
         for split in ("train", "validation"):
             frame = stage_frame(stages, stage, split)
-            assert (frame["stage"] == stage).all()
-            assert not frame.duplicated(["query_id", "product_id"]).any()
-            assert (frame["product_text"] == frame["product_id"].map(texts)).all()
-            assert (frame["query"] == frame["query_id"].map(queries)).all()
-            judged = frame[frame["source"] == "judged"]
-            assert set(judged["esci_label"]) <= POSITIVES[stage] | {"I"}
-            assert (judged["target"] == judged["esci_label"].isin(POSITIVES[stage])).all()
-            pairs = list(zip(judged["query_id"], judged["product_id"], strict=True))
-            assert judged["esci_label"].tolist() == [labels[pair] for pair in pairs]
-            unjudged = frame[frame["source"] != "judged"]
-            assert set(unjudged["source"]) == ({"random", "mined"} if stage > 1 else {"random"})
-            assert (unjudged["esci_label"] == "").all() and (unjudged["target"] == 0).all()
-            # random and mined negatives are never products judged (E/S/C or I) for their query
-            assert not any((q, p) in labels for q, p in zip(unjudged["query_id"], unjudged["product_id"], strict=True))
+            assert frame["query_id"].is_unique and (frame["query"] == frame["query_id"].map(queries)).all()
+            for row in frame.itertuples():
+                # each product both by id and by its catalogue row, in step
+                for kind in ("positive", "negative"):
+                    ids, rows = getattr(row, f"{kind}_ids"), getattr(row, f"{kind}_rows")
+                    assert list(ids) == catalogue["product_id"].iloc[list(rows)].tolist()
+                assert [labels[(row.query_id, pid)] for pid in row.positive_ids] == list(row.positive_labels)
+                assert set(row.positive_labels) <= POSITIVES[stage]
+                for pid, source in zip(row.negative_ids, row.negative_sources, strict=True):
+                    # I judgements are judged negatives; mined ones are never judged for their query
+                    assert labels.get((row.query_id, pid)) == ("I" if source == "judged" else None)
+                assert set(row.negative_sources) <= ({"judged", "mined"} if stage > 1 else {"judged"})
+                assert len(set(row.negative_ids)) == len(row.negative_ids)
 
 
 def test_every_judgement_of_the_stage_labels_is_used(prepared, raw):
@@ -143,12 +147,12 @@ def test_every_judgement_of_the_stage_labels_is_used(prepared, raw):
     examples, _ = raw
     for stage in (1, 3):
         frame = stage_frame(stages, stage, "train")
-        expected = examples[
-            examples["query_id"].isin(set(frame["query_id"])) & examples["esci_label"].isin(POSITIVES[stage] | {"I"})
-        ]
-        judged = frame[frame["source"] == "judged"]
-        assert sorted(zip(judged["query_id"], judged["product_id"], strict=True)) == sorted(
-            zip(expected["query_id"], expected["product_id"], strict=True)
+        expected = examples[examples["query_id"].isin(set(frame["query_id"]))]
+        assert pairs(frame, "positive") == set(
+            expected.loc[expected["esci_label"].isin(POSITIVES[stage]), ["query_id", "product_id"]].itertuples(False)
+        )
+        assert pairs(frame, "negative", "judged") == set(
+            expected.loc[expected["esci_label"] == "I", ["query_id", "product_id"]].itertuples(False)
         )
 
 
@@ -156,12 +160,10 @@ def test_stage2_is_stage1_plus_mined(prepared, mined_file, raw):
     _, summary, _, stages = prepared
     for split in ("train", "validation"):
         first, second = stage_frame(stages, 1, split), stage_frame(stages, 2, split)
-        mined = second[second["source"] == "mined"]
-        rest = second[second["source"] != "mined"].drop(columns="stage").reset_index(drop=True)
-        pd.testing.assert_frame_equal(rest, first.drop(columns="stage"))
-        randoms = set(zip(first.query_id, first.product_id, strict=True))
-        expected = expected_mined(mined_file, raw, set(first["query_id"])) - randoms
-        assert set(zip(mined["query_id"], mined["product_id"], strict=True)) == expected
+        assert pairs(second, "positive") == pairs(first, "positive")
+        assert pairs(second, "negative", "judged") == pairs(first, "negative")
+        expected = expected_mined(mined_file, raw, set(first["query_id"]))
+        assert pairs(second, "negative", "mined") == expected and expected
     assert summary["dropped"] == {"mined_judged": 1, "mined_test_query": 1}
 
 
@@ -170,31 +172,22 @@ def test_summary_matches_independent_counts(prepared, raw, mined_file):
     examples, products = raw
     assert json.loads((output / "summary.json").read_text()) == summary
     assert summary["catalogue_products"] == products["product_id"].nunique()
+    assert summary["query_id_dtype"] == "int64"
     assert summary["judgements"]["rows"] == len(examples)
     assert summary["judgements"]["by_label"] == examples["esci_label"].value_counts().sort_index().to_dict()
     assert summary["judgements"]["queries_by_split"] == {"test": 50, "train": 150}
     for stage in (1, 2, 3):
         for split in ("train", "validation"):
             query_ids = set(stage_frame(stages, stage, split)["query_id"])
-            judged = examples[
-                examples["query_id"].isin(query_ids) & examples["esci_label"].isin(POSITIVES[stage] | {"I"})
-            ]
-            randoms = 4 * len(query_ids)
-            mined = 0
-            if stage > 1:
-                first = stage_frame(stages, 1, split)
-                mined = len(
-                    expected_mined(mined_file, raw, query_ids) - set(zip(first.query_id, first.product_id, strict=True))
-                )
-            by_label = judged["esci_label"].value_counts().to_dict() | {"unjudged": randoms + mined}
-            by_source = {"judged": len(judged), "random": randoms} | ({"mined": mined} if stage > 1 else {})
-            positives = judged["esci_label"].isin(POSITIVES[stage]).sum()
+            judged = examples[examples["query_id"].isin(query_ids)]
+            positives = judged[judged["esci_label"].isin(POSITIVES[stage])]
+            mined = len(expected_mined(mined_file, raw, query_ids)) if stage > 1 else 0
+            sources = {"judged": int((judged["esci_label"] == "I").sum())} | ({"mined": mined} if mined else {})
             assert summary["stages"][f"stage{stage}"][split] == {
-                "rows": len(judged) + randoms + mined,
                 "queries": len(query_ids),
-                "by_label": dict(sorted(by_label.items())),
-                "by_source": dict(sorted(by_source.items())),
-                "by_target": {"0": len(judged) - positives + randoms + mined, "1": positives},
+                "groups": len(positives),
+                "positives_by_label": positives["esci_label"].value_counts().sort_index().to_dict(),
+                "negatives_by_source": sources,
             }
 
 
@@ -203,7 +196,7 @@ def test_same_seed_same_bytes_other_seed_other_split(esci_sample, mined_file, tm
     second = prepare(esci_sample, tmp_path / "b", hard_negatives=mined_file, seed=7)
     assert first == second
     arrow_a = sorted(path.relative_to(tmp_path / "a") for path in (tmp_path / "a").rglob("*.arrow"))
-    assert len(arrow_a) == 8
+    assert len(arrow_a) == 9
     for relative in arrow_a:
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
     prepare(esci_sample, tmp_path / "c", seed=8, stages=(1,))
@@ -212,17 +205,39 @@ def test_same_seed_same_bytes_other_seed_other_split(esci_sample, mined_file, tm
         for seed, name in ((7, "a"), (8, "c"))
     }
     assert validation[7] != validation[8]
+    assert not list(tmp_path.glob(".*")), "a staging folder was left behind"
+
+
+def test_written_in_chunks_the_same_as_at_once(esci_sample, mined_file, prepared, tmp_path, monkeypatch):
+    """Stage rows a few queries at a time and the catalogue a few products at a time: the same data."""
+    from ttsn_hf.data import esci as esci_module
+    from ttsn_hf.data import stages as stages_module
+    from ttsn_hf.data import tables
+
+    monkeypatch.setattr(stages_module, "QUERIES_PER_CHUNK", 7)
+    monkeypatch.setattr(esci_module, "PRODUCT_BATCH_ROWS", 500)
+    monkeypatch.setattr(tables, "ROWS_PER_BATCH", 300)
+    prepare(esci_sample, tmp_path / "chunked", hard_negatives=mined_file, seed=42)
+    esci, stages = load_prepared(tmp_path / "chunked")
+    _, _, reference_esci, reference = prepared
+    assert esci.catalogue.to_pandas().equals(reference_esci.catalogue.to_pandas())
+    assert esci.judgements.to_pandas().equals(reference_esci.judgements.to_pandas())
+    for stage in (1, 2, 3):
+        for split in ("train", "validation"):
+            assert stage_frame(stages, stage, split).equals(stage_frame(reference, stage, split)), (stage, split)
 
 
 def test_build_stage_caps_hard_negatives_by_rank(esci_sample, mined_file, prepared):
     _, _, esci, _ = prepared
-    splits = build_stage(esci, 2, hard_negatives=mined_file, hard_negatives_per_query=1, num_random_negatives=0)
-    mined = splits["train"].to_pandas().query("source == 'mined'")
-    assert mined.groupby("query_id").size().max() == 1
-    assert "random" not in set(splits["train"]["source"])
+    splits = build_stage(esci, 2, hard_negatives=mined_file, hard_negatives_per_query=1)
+    frame = splits["train"].to_pandas()
+    mined = frame.assign(mined=[list(zip(ids, src, strict=True)) for ids, src in
+                                zip(frame["negative_ids"], frame["negative_sources"], strict=True)])  # fmt: skip
+    per_query = {row.query_id: [pid for pid, source in row.mined if source == "mined"] for row in mined.itertuples()}
+    assert max(map(len, per_query.values())) == 1
     file = pd.read_parquet(mined_file)
     best = file[file["rank"] == 1].drop_duplicates("query_id").set_index("query_id")["product_id"]
-    assert (mined["product_id"] == mined["query_id"].map(best)).all()
+    assert all(products == [best[query_id]] for query_id, products in per_query.items() if products)
 
 
 def test_train_py_consumes_the_prepared_folder(prepared):
@@ -230,21 +245,19 @@ def test_train_py_consumes_the_prepared_folder(prepared):
 
     from ttsn_hf import default_base_model
     from ttsn_hf.arguments import DataArguments
-    from ttsn_hf.data.groups import build_groups
+    from ttsn_hf.data.groups import GroupSource
     from ttsn_hf.modeling.pretrained import resolve_pretrained
-    from ttsn_hf.training.collator import TwoTowerCollator, tokenize_groups
-    from ttsn_hf.training.run import known_positives, load_training_data
+    from ttsn_hf.training.collator import TwoTowerCollator
+    from ttsn_hf.training.run import load_training_data
 
     output, _, _, _ = prepared
     esci, stages = load_training_data(DataArguments(data_dir=str(output)))
     tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(default_base_model()))
-    groups = build_groups(stages[1]["train"]).select(range(8))
-    tokens = tokenize_groups(
-        groups.flatten_indices(keep_in_memory=True), tokenizer, 16, 32, known_positives(esci.judgements)
-    )
-    batch = TwoTowerCollator(tokenizer, negatives_per_query=2)([tokens[i] for i in range(8)])
+    source = GroupSource([stages[2]["train"]], esci.products(), esci.judged(), num_random_negatives=2)
+    groups = source.groups().select(range(8))
+    batch = TwoTowerCollator(tokenizer, source, negatives_per_query=2)([groups[i] for i in range(8)])
     assert batch["query_input_ids"].shape[0] == 8 and batch["targets"].sum() == 8
-    assert batch["product_input_ids"].shape[0] == 8 + sum(min(2, len(pool)) for pool in groups["pool_ids"])
+    assert batch["product_input_ids"].shape[0] == 8 * 3  # every query's pool holds at least its 2 random negatives
 
 
 # ---------------------------------------------------------------- bad hard negatives
@@ -252,7 +265,7 @@ def test_train_py_consumes_the_prepared_folder(prepared):
 
 def test_hard_negatives_from_another_catalogue(prepared, tmp_path):
     _, _, esci, _ = prepared
-    query_id = esci.judgements[0]["query_id"]
+    query_id = int(esci.judgements[0]["query_id"])
     foreign = tmp_path / "foreign.parquet"
     pd.DataFrame(
         {"query_id": [query_id, query_id], "product_id": [esci.catalogue[0]["product_id"], "B0NOTHERE"]}
@@ -261,7 +274,7 @@ def test_hard_negatives_from_another_catalogue(prepared, tmp_path):
         UserInputError, match=r"foreign.parquet: 1 of 2 values of column 'product_id' are not in the catalogue \(row 2"
     ):
         load_hard_negatives(foreign, esci)
-    pd.DataFrame({"query_id": ["999999999"], "product_id": [esci.catalogue[0]["product_id"]]}).to_parquet(foreign)
+    pd.DataFrame({"query_id": [999999999], "product_id": [esci.catalogue[0]["product_id"]]}).to_parquet(foreign)
     with pytest.raises(UserInputError, match="column 'query_id' are not in the judgements"):
         load_hard_negatives(foreign, esci)
     pd.DataFrame({"query": ["x"], "product_id": ["y"]}).to_parquet(foreign)
@@ -372,17 +385,37 @@ def test_pseudo_queries_are_title_spans_added_to_training_only(esci_sample):
     adapted = build_stage(esci, 1, pseudo_queries=500)
     again = build_stage(esci, 1, pseudo_queries=500)
     train = adapted["train"].to_pandas()
-    pseudo = train[train["source"] == "pseudo"]
-    negatives = train[train["query_id"].str.startswith("pseudo:") & (train["source"] == "random")]
-    assert len(train) == len(plain["train"]) + len(pseudo) + len(negatives) and 450 <= len(pseudo) <= 500
-    # each pseudo-query's group has random catalogue negatives (default 4), never its own product
-    assert negatives.groupby("query_id").size().eq(4).all() and set(negatives["query_id"]) == set(pseudo["query_id"])
-    pairs = set(zip(negatives["query_id"], negatives["product_id"], strict=True))
-    assert not pairs & set(zip(pseudo["query_id"], pseudo["product_id"], strict=True))
-    assert (negatives["target"] == 0).all()
+    pseudo = train[train["query_id"].str.startswith("pseudo:")]
+    assert len(train) == len(plain["train"]) + len(pseudo) and 450 <= len(pseudo) <= 500
+    assert train.head(len(plain["train"])).equals(plain["train"].to_pandas())
     assert adapted["validation"].to_pandas().equals(plain["validation"].to_pandas())
-    assert (pseudo["target"] == 1).all() and pseudo["product_id"].is_unique
-    for query, text in zip(pseudo["query"], pseudo["product_text"], strict=True):
+    # one positive each (its own product, no label), no stored negatives: training draws random ones
+    assert (pseudo["positive_ids"].map(len) == 1).all() and (pseudo["negative_ids"].map(len) == 0).all()
+    assert (pseudo["positive_labels"].map(list) == pd.Series([[""]] * len(pseudo), index=pseudo.index)).all()
+    assert (pseudo["query_id"] == "pseudo:" + pseudo["positive_ids"].str[0]).all()
+    texts = esci.catalogue.to_pandas().set_index("product_id")["product_text"]
+    for query, product in zip(pseudo["query"], pseudo["positive_ids"].str[0], strict=True):
+        text = texts[product]
         assert 2 <= len(query.split()) <= 5 or len(query.split()) == len(text.split()), (query, text)
         assert all(word in text.lower() for word in query.split()), (query, text)
     assert again["train"].to_pandas().equals(train)
+
+
+def test_show_joins_the_texts_of_a_stage(prepared, load_cli, capsys):
+    output, _, esci, stages = prepared
+    load_cli("prepare").main(["--show", str(output), "--stages", "2"])
+    printed = capsys.readouterr().out
+    first = stages[2]["train"][0]
+    texts = esci.catalogue.to_pandas().set_index("product_id")["product_text"]
+    assert f"stage2/train: {len(stages[2]['train'])} queries" in printed
+    assert f"query {first['query_id']}: {first['query']!r}" in printed
+    assert texts[first["positive_ids"][0]][:90] in printed and "mined" in printed
+
+
+def test_missing_esci_dir_names_the_flag(tmp_path, load_cli, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_cli("prepare").main(["--esci_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--esci_dir {tmp_path / 'nowhere'}: no such file or folder; pass the official ESCI folder" in error
+    assert not (tmp_path / "out").exists()

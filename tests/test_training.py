@@ -155,22 +155,21 @@ class NanLoss(torch.nn.Module):
         return {"loss": loss}
 
 
-def test_nan_loss_stops_training_naming_the_step(tiny_encoder_dir, tmp_path):
-    from datasets import Dataset
+def test_nan_loss_stops_training_naming_the_step(esci_sample, tiny_encoder_dir, tmp_path):
+    from ttsn_hf.data.esci import load_esci
+    from ttsn_hf.data.groups import GroupSource
+    from ttsn_hf.data.stages import build_stage
 
     model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
-    rows = {
-        "query_input_ids": [[101, 2000, 102]] * 4,
-        "product_input_ids": [[101, 3000, 3001, 102]] * 4,
-        "target": [1] * 4, "length": [4] * 4, "weight": [1.0] * 4,
-        "product_key": [1, 2, 3, 4], "mask_keys": [[1], [2], [3], [4]],
-    }  # fmt: skip
+    esci = load_esci(esci_sample)
+    source = GroupSource([build_stage(esci, 1)["train"]], esci.products(), esci.judged())
     args = TwoTowerTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, eval_strategy="no"
-    )
+        output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, eval_strategy="no",
+        train_sampling_strategy="sequential",
+    )  # fmt: skip
     trainer = TwoTowerTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict(rows),
-        data_collator=TwoTowerCollator(model.tokenizer), loss=NanLoss(),
+        model=model, args=args, train_dataset=source.groups().select(range(4)),
+        data_collator=TwoTowerCollator(model.tokenizer, source), loss=NanLoss(),
     )  # fmt: skip
     with pytest.raises(NonFiniteLossError, match="global step 1"):
         trainer.train()

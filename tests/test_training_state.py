@@ -132,7 +132,7 @@ def test_prepared_split_is_kept_whatever_the_seed(esci_sample, tiny_encoder_dir,
     product_ids = datasets.load_from_disk(str(tmp_path / "data" / "catalogue"))["product_id"][-50:]
     pd.DataFrame({"query_id": query_ids, "product_id": product_ids}).to_parquet(negatives)
     argv = ["--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out", "--seed", 7,
-            "--validation_fraction", 0.2, "--hard_negatives", negatives]  # fmt: skip
+            "--hard_negatives", negatives]  # fmt: skip
     run = TrainingRun(*parse_args(ARGUMENT_TYPES, argv=list(map(str, argv))))
     model = TwoTowerModel.from_encoder(str(tiny_encoder_dir))
     for stage in (1, 2, 3):
@@ -155,8 +155,7 @@ def tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
 def test_two_processes_log_the_loss_components_of_one(esci_sample, tmp_path):
     """Same global batch of 32 (1 x 32, 2 x 16), no dropout, in order: the logged components agree.
 
-    An example is a query group, and the training pairs cap gives fewer groups than pairs: the last batch is
-    short, and accelerate fills a short last batch of several processes with the first groups again (even
+    A short last batch would be filled by accelerate, on several processes, with the first groups again (even
     batches), so the two runs would not see the same groups. Dropping the short last batch keeps only full global
     batches, the same groups in both runs (eval batches of 8, so the validation set keeps some of its own)."""
     encoder = tiny_encoder(tmp_path / "encoder", dropout=0.0)
@@ -165,7 +164,7 @@ def test_two_processes_log_the_loss_components_of_one(esci_sample, tmp_path):
         output = tmp_path / f"p{processes}"
         args = quick_args(esci_sample, encoder, output, "--stage", "1", "--train_sampling_strategy", "sequential")
         args += ["--dataloader_drop_last", "--per_device_eval_batch_size", 8]
-        args[args.index("--max_train_samples") + 1] = 128  # over 64 groups: two full global batches
+        args[args.index("--max_train_samples") + 1] = 64  # 64 groups: two full global batches
         args[args.index("--per_device_train_batch_size") + 1] = 32 // processes
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip

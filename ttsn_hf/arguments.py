@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -25,7 +26,6 @@ from .evaluation.metrics import metric_names
 from .extras import require
 from .labels import DEFAULT_LABEL_WEIGHTS_TEXT, parse_label_weights
 from .losses.combined import COMPONENTS
-from .retrieval.catalogue import DEFAULT_CACHE_DIR
 
 DEFAULT_DATA_DIR = "data"
 # TrainingArguments options that --help shows (all of them are accepted; --help-all lists every one)
@@ -89,6 +89,9 @@ def parse_args(dataclass_types: tuple, argv: list[str] | None = None, aliases: d
         raise UserInputError(str(error).strip().splitlines()[0]) from None
     if unknown:
         raise UserInputError(_unknown_flag_message(unknown, parser))
+    for arguments in parsed:
+        if isinstance(arguments, DataSourceArguments):
+            arguments.check_paths()
     return tuple(parsed)
 
 
@@ -156,6 +159,16 @@ class DataSourceArguments:
         if not self.esci_dir and not self.data_dir and Path(DEFAULT_DATA_DIR, "summary.json").is_file():
             self.data_dir = DEFAULT_DATA_DIR
 
+    def check_paths(self) -> None:
+        """A data path that does not exist: one line naming the flag and the fix (``parse_args`` calls this once
+        every flag is known)."""
+        _check_esci_dir(self.esci_dir)
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise UserInputError(
+                f"--data_dir {self.data_dir}: no such folder; write it first with "
+                f"`python prepare.py --esci_dir ESCI --output_dir {self.data_dir}`, or pass --esci_dir"
+            )
+
     @property
     def data_source(self) -> str:
         """The folder or file to load; a missing source is a one-line error."""
@@ -164,6 +177,22 @@ class DataSourceArguments:
                 "no data: pass --esci_dir (ESCI files) or --data_dir (from `python prepare.py`; default data/)"
             )
         return self.esci_dir or self.data_dir
+
+
+def _check_esci_dir(path: str | None) -> None:
+    if path and not Path(path).exists() and not _hub_id_to_try(path):
+        raise UserInputError(
+            f"--esci_dir {path}: no such file or folder; pass the official ESCI folder (its "
+            "shopping_queries_dataset_*.parquet files), a CSV/Parquet/JSONL table or a saved datasets folder"
+        )
+
+
+def _hub_id_to_try(path: str) -> bool:
+    """A missing local path that may be a Hub dataset id (``owner/name``), while the Hub may be reached."""
+    from .data.esci import TABLE_SUFFIXES, hub_offline
+
+    looks_like_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None and not path.startswith(".")
+    return looks_like_id and not path.lower().endswith(TABLE_SUFFIXES) and not hub_offline()
 
 
 # ---------------------------------------------------------------------------------------------- train.py
@@ -321,7 +350,8 @@ class DataArguments(DataSourceArguments):
         default=None, metadata={"help": "Mined negatives (parquet); default: mined after stage 1."}
     )
     num_random_negatives: int = field(
-        default=DEFAULT_NUM_RANDOM_NEGATIVES, metadata={"help": "Random catalogue negatives per query."}
+        default=DEFAULT_NUM_RANDOM_NEGATIVES,
+        metadata={"help": "Random catalogue negatives per query, drawn again each epoch (every stage)."},
     )
     negatives_per_query: int = field(
         default=1, metadata={"help": "Negatives drawn per query group and epoch from the query's pool."}
@@ -339,14 +369,17 @@ class DataArguments(DataSourceArguments):
     pseudo_queries: int = field(
         default=0, metadata={"help": "Catalogue products given a pseudo-query from their title (domain adaptation)."}
     )
-    validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Share of train queries held out (default 0.1; with --data_dir, the prepared data's)."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap the training pairs (for quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the validation pairs."})
     num_threads: int = field(default=0, metadata={"help": "Torch CPU threads per process; 0: cores / processes."})
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.validation_fraction < 1:
+        if self.validation_fraction is not None and not 0 <= self.validation_fraction < 1:
             raise UserInputError(f"--validation_fraction must be in [0, 1); got {self.validation_fraction}")
         if self.num_random_negatives < 0:
             raise UserInputError(f"--num_random_negatives must be >= 0; got {self.num_random_negatives}")
@@ -427,9 +460,6 @@ class PrepareArguments(DataSourceArguments):
     small_version: int = field(default=1, metadata={"help": "1: the small version only; 0: all rows."})
     split: str | None = field(default=None, metadata={"help": "Keep only this ESCI split (train/test)."})
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of train queries held out."})
-    num_random_negatives: int = field(
-        default=DEFAULT_NUM_RANDOM_NEGATIVES, metadata={"help": "Random catalogue negatives per query."}
-    )
     hard_negatives_per_query: int | None = field(
         default=None, metadata={"help": "Cap on mined negatives per query (best first)."}
     )
@@ -439,8 +469,16 @@ class PrepareArguments(DataSourceArguments):
         default=False, metadata={"help": "Render products without a title from their other fields."}
     )
     num_proc: int | None = field(default=None, metadata={"help": "Processes for the product-text map."})
+    show: str | None = field(
+        default=None, metadata={"help": "Print a few query groups of a prepared folder, texts joined, and exit."}
+    )
 
     def __post_init__(self):
+        if self.show:
+            if not Path(self.show).is_dir():
+                raise UserInputError(f"--show {self.show}: no such folder; pass a folder prepare.py wrote")
+            self.stage_list = _stage_list(self.stages)
+            return
         if self.data_dir:
             raise UserInputError("prepare.py reads raw ESCI data: pass --esci_dir, not --data_dir")
         if not self.esci_dir:
@@ -478,7 +516,9 @@ class MineArguments(DataSourceArguments):
     sampling_strategy: str = field(default="top", metadata={"help": "top or random", "choices": ["top", "random"]})
     batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Catalogue embedding cache."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Catalogue embedding cache (default: embedding_cache/ beside --output)."}
+    )
     chunk_size: int = field(default=50_000, metadata={"help": "Products per encoding / search chunk."})
     seed: int = field(default=42, metadata={"help": "Seed of random sampling."})
 
@@ -507,7 +547,9 @@ class IndexArguments(DataSourceArguments):
     batch_size: int = field(default=256, metadata={"help": "Encoding batch size."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bfloat16 autocast."})
     chunk_size: int = field(default=50_000, metadata={"help": "Products per encoding chunk (resume unit)."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Catalogue embedding cache."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Catalogue embedding cache (default: embedding_cache/ beside --output_dir)."}
+    )
     query: list[str] = field(
         default_factory=list, metadata={"help": "Search mode: query strings (repeatable).", "action": "extend"}
     )

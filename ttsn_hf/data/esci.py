@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import logging
 import os
 import re
@@ -22,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets.fingerprint import generate_random_fingerprint
-from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 
 from ..errors import UserInputError
 from ..labels import LABEL_NAMES, LABELS
+from .tables import CATALOGUE_FEATURES, Judgements, Products, in_memory_dataset, write_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ TEXT_FIELDS = {
 }
 TABLE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json")
 PRODUCT_BATCH_ROWS = 50_000  # products read, checked and rendered at a time from the official products file
+EXAMPLE_BATCH_ROWS = 200_000  # judgements read and filtered at a time from the official examples file
+JUDGEMENT_COLUMNS = ["query_id", "query", "product_id", "esci_label", "split"]
+ROW = "__row"  # a judgement's position in its file (0-based), for messages
 
 _HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 _SEPARATOR = re.compile(r"^([\s.,;:!?]*)(.*)$", re.DOTALL)
@@ -58,12 +62,25 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 @dataclass
 class EsciData:
-    """A product catalogue and the query-product judgements over it."""
+    """A product catalogue and the query-product judgements over it (Arrow: in memory, or memory-mapped when
+    prepared). ``query_id_dtype`` is the source's type of ``query_id`` ("int64" in the official layout, "string" in
+    plain tables): the tables hold it as a string, files written for users (mined negatives) as the source did."""
 
     catalogue: datasets.Dataset
     judgements: datasets.Dataset
     source: str = ""
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped while loading
+    query_id_dtype: str = "string"
+    _judged: Judgements | None = field(default=None, repr=False)
+
+    def products(self) -> Products:
+        return Products(self.catalogue)
+
+    def judged(self) -> Judgements:
+        """The judgements as sorted arrays (built once, on first use)."""
+        if self._judged is None:
+            self._judged = Judgements.build(self.judgements, self.products())
+        return self._judged
 
 
 # ---------------------------------------------------------------- product text
@@ -196,11 +213,12 @@ def _read(path: Path) -> pd.DataFrame:
     raise UserInputError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
 
 
-def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
-    missing = [column for column in columns if column not in frame.columns]
+def require_columns(frame: pd.DataFrame | list[str], columns: list[str], source: str) -> None:
+    present = list(frame.columns) if isinstance(frame, pd.DataFrame) else list(frame)
+    missing = [column for column in columns if column not in present]
     if missing:
         raise UserInputError(
-            f"{source}: missing column(s) {', '.join(map(repr, missing))}; found {list(map(str, frame.columns))}"
+            f"{source}: missing column(s) {', '.join(map(repr, missing))}; found {list(map(str, present))}"
         )
 
 
@@ -217,70 +235,111 @@ def _is_blank(series: pd.Series) -> pd.Series:
     return series.isna() | series.astype(str).str.strip().eq("")
 
 
+def describe_table_rows(table: pa.Table, mask: np.ndarray, column: str, limit: int = 5) -> str:
+    """:func:`describe_rows` for an Arrow table with a ``__row`` column (the rows' positions in their file)."""
+    bad = np.flatnonzero(mask)
+    first = pa.array(bad[:limit])
+    shown = ", ".join(str(row + 1) for row in table.column(ROW).take(first).to_pylist())
+    values = ", ".join(repr(value) for value in table.column(column).take(first).to_pylist())
+    more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"row{'s' if len(bad) > 1 else ''} {shown}{more} ({values})"
+
+
+def _blank(column: pa.ChunkedArray) -> np.ndarray:
+    text = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+    return _mask(pc.or_kleene(pc.is_null(column), pc.equal(text, "")))
+
+
+def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.array(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """A small integer per distinct value (in order of first appearance)."""
+    encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _conflicting(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Rows whose group holds more than one distinct value."""
+    order = np.lexsort((values, groups))
+    sorted_groups, sorted_values = groups[order], values[order]
+    differs = (sorted_groups[1:] == sorted_groups[:-1]) & (sorted_values[1:] != sorted_values[:-1])
+    return np.isin(groups, sorted_groups[1:][differs])
+
+
 # ---------------------------------------------------------------- validation of the judgements
 
 
-def _normalise_labels(frame: pd.DataFrame, source: str) -> pd.Series:
-    raw = frame["esci_label"]
-    letters = raw.astype(str).str.strip()
-    letters = letters.str.lower().map(LABEL_NAMES).fillna(letters.str.upper())
-    bad = raw.isna() | ~letters.isin(LABELS)
+def _normalise_labels(table: pa.Table, source: str) -> pa.ChunkedArray:
+    raw = table.column("esci_label")
+    letters = pc.utf8_trim_whitespace(pc.cast(raw, pa.string()))
+    named = pa.array(list(LABEL_NAMES.values())).take(pc.index_in(pc.utf8_lower(letters), pa.array(list(LABEL_NAMES))))
+    letters = pc.coalesce(named, pc.utf8_upper(letters))
+    bad = _mask(pc.is_null(raw)) | ~_mask(pc.is_in(letters, pa.array(LABELS)))
     if bad.any():
         raise UserInputError(
-            f"{source}: column 'esci_label' has unknown labels at {describe_rows(frame, bad, 'esci_label')}; "
+            f"{source}: column 'esci_label' has unknown labels at {describe_table_rows(table, bad, 'esci_label')}; "
             f"expected one of {', '.join(LABELS)} (or exact/substitute/complement/irrelevant)"
         )
     return letters
 
 
-def _check_judgements(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def _check_judgements(table: pa.Table, source: str) -> pa.Table:
+    """``table``: the judgement columns and ``__row``; returns them checked and normalised (strings, E/S/C/I
+    labels, train/test splits)."""
     for column in ("query", "query_id", "product_id"):
-        blank = _is_blank(frame[column])
+        blank = _blank(table.column(column))
         if blank.any():
-            raise UserInputError(f"{source}: column {column!r} is empty at {describe_rows(frame, blank, column)}")
-    frame = frame.assign(
-        query=frame["query"].astype(str).str.strip(),
-        query_id=frame["query_id"].astype(str).str.strip(),
-        product_id=frame["product_id"].astype(str).str.strip(),
-        esci_label=_normalise_labels(frame, source),
-        split=frame["split"].astype(str).str.strip().str.lower(),
-    )
-    bad_split = ~frame["split"].isin(SPLITS)
+            raise UserInputError(f"{source}: column {column!r} is empty at {describe_table_rows(table, blank, column)}")
+    for column in ("query", "query_id", "product_id"):
+        table = table.set_column(
+            table.column_names.index(column),
+            column,
+            pc.utf8_trim_whitespace(pc.cast(table.column(column), pa.string())),
+        )
+    table = table.set_column(table.column_names.index("esci_label"), "esci_label", _normalise_labels(table, source))
+    split = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(table.column("split"), pa.string())))
+    table = table.set_column(table.column_names.index("split"), "split", split)
+    bad_split = ~_mask(pc.is_in(split, pa.array(SPLITS)))
     if bad_split.any():
         raise UserInputError(
-            f"{source}: column 'split' must be train or test; got {describe_rows(frame, bad_split, 'split')}"
+            f"{source}: column 'split' must be train or test; got {describe_table_rows(table, bad_split, 'split')}"
         )
+    queries = _codes(table.column("query_id"))
     for column in ("query", "split"):
-        per_query = frame.groupby("query_id", sort=False)[column].nunique()
-        conflicting = frame["query_id"].isin(per_query.index[per_query > 1])
+        conflicting = _conflicting(queries, _codes(table.column(column)))
         if conflicting.any():
             raise UserInputError(
                 f"{source}: a query_id has more than one {column!r} value at "
-                f"{describe_rows(frame, conflicting, 'query_id')}"
+                f"{describe_table_rows(table, conflicting, 'query_id')}"
             )
-    return frame
+    return table
 
 
-def _drop_duplicate_judgements(frame: pd.DataFrame, source: str, dropped: dict[str, int]) -> pd.DataFrame:
+def _drop_duplicate_judgements(table: pa.Table, source: str, dropped: dict[str, int]) -> pa.Table:
     """Repeated (query_id, product_id) rows with one label are dropped (first kept); conflicting labels are errors."""
-    keys = ["query_id", "product_id"]
-    labels_per_pair = frame.groupby(keys, sort=False)["esci_label"].transform("nunique")
-    if (labels_per_pair > 1).any():
-        conflict = labels_per_pair > 1
+    products = _codes(table.column("product_id"))
+    pairs = _codes(table.column("query_id")) * (int(products.max(initial=0)) + 1) + products
+    conflict = _conflicting(pairs, _codes(table.column("esci_label")))
+    if conflict.any():
         raise UserInputError(
             f"{source}: the same (query_id, product_id) is judged with different labels at "
-            f"{describe_rows(frame, conflict, 'product_id')}"
+            f"{describe_table_rows(table, conflict, 'product_id')}"
         )
-    duplicate = frame.duplicated(keys)
+    order = np.argsort(pairs, kind="stable")  # file order within a pair: the first one is kept
+    duplicate = np.zeros(len(pairs), dtype=bool)
+    duplicate[order[1:][pairs[order[1:]] == pairs[order[:-1]]]] = True
     if duplicate.any():
         logger.warning(
             "%s: dropping %d repeated (query_id, product_id) judgements, e.g. %s",
             source,
             duplicate.sum(),
-            describe_rows(frame, duplicate, "product_id"),
+            describe_table_rows(table, duplicate, "product_id"),
         )
         dropped["duplicate_judgements"] = int(duplicate.sum())
-    return frame[~duplicate]
+        table = table.filter(pa.array(~duplicate))
+    return table
 
 
 def _filter(frame: pd.DataFrame, column: str, value: object, source: str) -> pd.DataFrame:
@@ -310,6 +369,47 @@ def _filter_examples(
     return frame
 
 
+def _read_examples(path: Path, locale: str | None, small_version: int, split: str | None) -> tuple[pa.Table, str]:
+    """The official examples file's judgement columns (and ``__row``), filtered as :func:`_filter_examples` does,
+    read ``EXAMPLE_BATCH_ROWS`` rows at a time; and the file's ``query_id`` type ("int64" or "string")."""
+    source = str(path)
+    parquet = _open_parquet(path)
+    names = parquet.schema_arrow.names
+    require_columns(names, JUDGEMENT_COLUMNS, source)
+    filters = [("product_locale", locale), ("small_version", int(small_version) if small_version else None)]
+    filters = [(column, value) for column, value in filters if value and column in names]
+    if split:
+        if "split" not in names:
+            raise UserInputError(f"{source}: cannot keep split {split!r}: there is no 'split' column")
+        filters.append(("split", split))
+    present: list[set[str]] = [set() for _ in filters]  # values of each filter's column past the earlier filters
+    kept_any = [False] * len(filters)
+    columns = list(dict.fromkeys(JUDGEMENT_COLUMNS + [column for column, _ in filters]))
+    parts, offset = [], 0
+    for batch in parquet.iter_batches(batch_size=EXAMPLE_BATCH_ROWS, columns=columns):
+        table = pa.Table.from_batches([batch]).append_column(ROW, pa.array(np.arange(offset, offset + len(batch))))
+        offset += len(batch)
+        for number, (column, value) in enumerate(filters):
+            present[number].update(pc.unique(pc.cast(table.column(column), pa.string())).to_pylist())
+            table = table.filter(_matches(table.column(column), value))
+            kept_any[number] |= len(table) > 0
+        parts.append(table.select([*JUDGEMENT_COLUMNS, ROW]))
+    for number, (column, value) in enumerate(filters):
+        if not kept_any[number]:
+            values = sorted(str(item) for item in present[number])[:10]
+            raise UserInputError(f"{source}: no rows with {column} == {value!r} (values present: {values})")
+    schema = parquet.schema_arrow
+    id_type = "int64" if pa.types.is_integer(schema.field("query_id").type) else "string"
+    table = pa.concat_tables(parts) if parts else pa.table({name: [] for name in [*JUDGEMENT_COLUMNS, ROW]})
+    return table, id_type
+
+
+def _matches(column: pa.ChunkedArray, value: object) -> pa.ChunkedArray:
+    if isinstance(value, int) and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return pc.fill_null(pc.equal(column, value), False)
+    return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(pc.cast(column, pa.string())), str(value)), False)
+
+
 # ---------------------------------------------------------------- building EsciData
 
 
@@ -335,26 +435,30 @@ def _catalogue(
 
 
 def _drop_textless(catalogue: datasets.Dataset, source: str, dropped: dict[str, int]) -> datasets.Dataset:
-    has_text = pc.not_equal(catalogue.data.column("product_text"), "")
-    empty = len(catalogue) - pc.sum(has_text).as_py() if len(catalogue) else 0
+    table = _without_text(catalogue.data.table, dropped)
+    _warn_textless(source, dropped)
+    return catalogue if len(table) == len(catalogue) else in_memory_dataset(table)
+
+
+def _without_text(table: pa.Table, dropped: dict[str, int]) -> pa.Table:
+    """``table`` without its products of empty text (counted in ``dropped``)."""
+    has_text = pc.fill_null(pc.not_equal(table.column("product_text"), ""), False)
+    empty = len(table) - (pc.sum(has_text).as_py() or 0) if len(table) else 0
     if empty:
-        logger.warning("%s: dropping %d products with no text at all", source, empty)
         dropped["products_without_text"] = dropped.get("products_without_text", 0) + empty
-        catalogue = in_memory_dataset(catalogue.data.table.filter(has_text))
-    return catalogue
+        table = table.filter(has_text)
+    return table
+
+
+def _warn_textless(source: str, dropped: dict[str, int]) -> None:
+    if dropped.get("products_without_text"):
+        logger.warning("%s: dropping %d products with no text at all", source, dropped["products_without_text"])
 
 
 def _dataset(frame: pd.DataFrame, columns: list[str]) -> datasets.Dataset:
     """String columns of ``frame`` as a Dataset (nulls stay null)."""
     schema = pa.schema([(name, pa.string()) for name in columns])
     return in_memory_dataset(pa.Table.from_pandas(frame[columns].astype("string"), schema, preserve_index=False))
-
-
-def in_memory_dataset(table: pa.Table) -> datasets.Dataset:
-    """An Arrow table as an in-memory Dataset, without ``datasets`` fingerprinting it by serialising every row (a
-    transient copy of the whole table: gigabytes for the full release). Nothing caches an in-memory dataset's
-    transforms on disk, so a random fingerprint loses nothing."""
-    return datasets.Dataset(InMemoryTable(table), fingerprint=generate_random_fingerprint())
 
 
 def _products_with_fields(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -379,42 +483,58 @@ def _dedupe_products(products: pd.DataFrame, source: str, dropped: dict[str, int
     return products[~duplicate]
 
 
+def _judgement_table(frame: pd.DataFrame) -> pa.Table:
+    """The judgement columns of a (filtered) DataFrame as Arrow, each row's file position in ``__row``."""
+    columns = {name: pa.array(frame[name].astype("string"), pa.string()) for name in JUDGEMENT_COLUMNS}
+    return pa.table({**columns, ROW: pa.array(frame.index.to_numpy(dtype=np.int64))})
+
+
 def _assemble(
-    examples: pd.DataFrame,
+    examples: pa.Table,
     catalogue: datasets.Dataset,
     examples_source: str,
     products_source: str,
     *,
     dropped: dict[str, int],
     source: str,
+    query_id_dtype: str,
 ) -> EsciData:
-    examples = _drop_duplicate_judgements(_check_judgements(examples, examples_source), examples_source, dropped)
-    missing = ~examples["product_id"].isin(catalogue.data.column("product_id").to_pandas())
+    table = _drop_duplicate_judgements(_check_judgements(examples, examples_source), examples_source, dropped)
+    products = Products(catalogue)
+    missing = products.rows_of(table.column("product_id")) < 0
     if missing.any():
         logger.warning(
             "%s: dropping %d judgements whose product is not in the catalogue %s, e.g. %s",
             examples_source,
             missing.sum(),
             products_source,
-            describe_rows(examples, missing, "product_id"),
+            describe_table_rows(table, missing, "product_id"),
         )
         dropped["judgement_product_missing"] = int(missing.sum())
-        examples = examples[~missing]
-    if examples.empty:
+        table = table.filter(pa.array(~missing))
+    if len(table) == 0:
         raise UserInputError(f"{examples_source}: no judgements left to use")
-    columns = ["query_id", "query", "product_id", "esci_label", "split"]
-    judgements = _dataset(examples, columns)
-    return EsciData(catalogue=catalogue, judgements=judgements, source=source, dropped=dropped)
+    judgements = in_memory_dataset(table.select(JUDGEMENT_COLUMNS).combine_chunks())
+    return EsciData(
+        catalogue=catalogue, judgements=judgements, source=source, dropped=dropped, query_id_dtype=query_id_dtype
+    )
 
 
-def _load_official(folder: Path, locale: str | None, small_version: int, split: str | None, **options) -> EsciData:
+def _load_official(
+    folder: Path, locale: str | None, small_version: int, split: str | None, catalogue_dir=None, **options
+) -> EsciData:
     examples_path, products_path = folder / EXAMPLES_FILE, folder / PRODUCTS_FILE
-    examples = read_table(examples_path)
-    require_columns(examples, ["query_id", "query", "product_id", "esci_label", "split"], str(examples_path))
-    examples = _filter_examples(examples, str(examples_path), locale, small_version, split)
-    catalogue = _official_catalogue(products_path, locale, **options)
-    dropped = options["dropped"]
-    return _assemble(examples, catalogue, str(examples_path), str(products_path), dropped=dropped, source=str(folder))
+    examples, id_type = _read_examples(examples_path, locale, small_version, split)
+    catalogue = _official_catalogue(products_path, locale, folder=catalogue_dir, **options)
+    return _assemble(
+        examples,
+        catalogue,
+        str(examples_path),
+        str(products_path),
+        dropped=options["dropped"],
+        source=str(folder),
+        query_id_dtype=id_type,
+    )
 
 
 def _official_catalogue(
@@ -426,20 +546,51 @@ def _official_catalogue(
     allow_missing_titles: bool,
     dropped: dict[str, int],
     num_proc: int | None = None,
+    folder: Path | None = None,
 ) -> datasets.Dataset:
     """The catalogue of the official products file, read ``PRODUCT_BATCH_ROWS`` rows and only the needed columns at
-    a time: the full release's 1.8M products never sit in memory as a DataFrame of every field, only their texts.
-    Checks, messages and results are those of the in-memory path (``_catalogue``); row numbers are the file's."""
+    a time, rendered and checked batch by batch: the full release's 1.8M products never sit in memory as Python
+    objects. With ``folder`` each batch is written there as it is done (and the result is memory-mapped); without,
+    the texts are kept as one Arrow table. Checks, messages and results are those of the in-memory path
+    (``_catalogue``); row numbers are the file's."""
     source = str(path)
     parquet = _open_parquet(path)
     names = parquet.schema_arrow.names
-    require_columns(pd.DataFrame(columns=names), ["product_id", "product_title"], source)
+    require_columns(names, ["product_id", "product_title"], source)
+    batches = _catalogue_batches(parquet, source, locale, text_template, max_text_chars, allow_missing_titles, dropped)
+    if folder is not None:
+        catalogue = write_dataset(batches, CATALOGUE_FEATURES, folder)
+    else:
+        tables = list(batches)
+        catalogue = in_memory_dataset(pa.concat_tables(tables).combine_chunks() if tables else _empty_catalogue())
+    if dropped.get("duplicate_products"):
+        logger.warning(
+            "%s: %d repeated product_id rows, keeping the first of each", source, dropped["duplicate_products"]
+        )
+    _warn_textless(source, dropped)
+    return catalogue
+
+
+def _empty_catalogue() -> pa.Table:
+    return CATALOGUE_FEATURES.arrow_schema.empty_table()
+
+
+def _catalogue_batches(
+    parquet: pq.ParquetFile,
+    source: str,
+    locale: str | None,
+    template: str,
+    max_chars: int | None,
+    allow_missing_titles: bool,
+    dropped: dict[str, int],
+):
+    names = parquet.schema_arrow.names
     filter_locale = bool(locale) and "product_locale" in names
     columns = ["product_id", *[column for column in TEXT_FIELDS.values() if column in names]]
     columns += ["product_locale"] if filter_locale else []
-    pieces = template_pieces(text_template)
-    seen: set[str] = set()
-    ids, texts, locales, offset = [], [], set(), 0
+    pieces = template_pieces(template)
+    seen: list[pa.Array] = []  # the ids kept so far: ~14 bytes a product, not a Python set
+    locales, offset = set(), 0
     batches = parquet.iter_batches(batch_size=PRODUCT_BATCH_ROWS, columns=columns)
     total = -(-parquet.metadata.num_rows // PRODUCT_BATCH_ROWS)
     for batch in tqdm(batches, total=total, desc="product text", unit="batch", disable=total < 2):
@@ -451,30 +602,27 @@ def _official_catalogue(
             frame = frame[locale_values == locale]
         frame = _new_products(_products_with_fields(frame, source), seen, dropped)
         _check_titles(frame, source, allow_missing_titles)
-        ids.append(pa.array(frame["product_id"].tolist(), pa.string()))
-        texts.append(pa.array(_render_frame(frame, pieces, max_text_chars), pa.string()))
-    if filter_locale and not seen:
+        ids = pa.array(frame["product_id"].tolist(), pa.string())
+        seen.append(ids)
+        table = pa.table(
+            {"product_id": ids, "product_text": pa.array(_render_frame(frame, pieces, max_chars), pa.string())}
+        )
+        yield _without_text(table, dropped)
+    if filter_locale and not any(len(ids) for ids in seen):
         raise UserInputError(
             f"{source}: no rows with product_locale == {locale!r} (values present: {sorted(locales)[:10]})"
         )
-    if dropped.get("duplicate_products"):
-        logger.warning(
-            "%s: %d repeated product_id rows, keeping the first of each", source, dropped["duplicate_products"]
-        )
-    table = pa.table(
-        {"product_id": pa.chunked_array(ids, pa.string()), "product_text": pa.chunked_array(texts, pa.string())}
-    )
-    return _drop_textless(in_memory_dataset(table), source, dropped)
 
 
-def _new_products(products: pd.DataFrame, seen: set[str], dropped: dict[str, int]) -> pd.DataFrame:
+def _new_products(products: pd.DataFrame, seen: list[pa.Array], dropped: dict[str, int]) -> pd.DataFrame:
     """``products`` without the ids already ``seen`` (in earlier batches or earlier in this one); counts the drops."""
-    # a lookup per row, not isin(seen): isin would hash all of seen (up to 1.8M ids) again for every batch
-    repeated = products["product_id"].duplicated() | products["product_id"].map(seen.__contains__).astype(bool)
+    repeated = products["product_id"].duplicated().to_numpy().copy()
+    if seen and len(products):
+        earlier = pa.concat_arrays(seen)
+        repeated |= _mask(pc.is_in(pa.array(products["product_id"].tolist(), pa.string()), value_set=earlier))
     if repeated.any():
         dropped["duplicate_products"] = dropped.get("duplicate_products", 0) + int(repeated.sum())
         products = products[~repeated]
-    seen.update(products["product_id"].tolist())
     return products
 
 
@@ -528,6 +676,7 @@ def load_table(
     frame = _filter_examples(frame, source, locale, small_version, split)
     if "split" not in frame.columns:
         frame = frame.assign(split="train")
+    id_type = "int64" if pd.api.types.is_integer_dtype(frame.get("query_id", pd.Series(dtype=str))) else "string"
     if "query_id" not in frame.columns:
         blank = _is_blank(frame["query"])
         if blank.any():
@@ -543,7 +692,11 @@ def load_table(
         products, source, options["text_template"], options["max_text_chars"], options["allow_missing_titles"],
         dropped, options.get("num_proc"),
     )  # fmt: skip
-    return _assemble(frame, catalogue, source, source, dropped=dropped, source=source)
+    if options.get("catalogue_dir") is not None:
+        catalogue = write_dataset([catalogue.data.table], CATALOGUE_FEATURES, options["catalogue_dir"])
+    return _assemble(
+        _judgement_table(frame), catalogue, source, source, dropped=dropped, source=source, query_id_dtype=id_type
+    )
 
 
 def _load_saved(folder: Path, **options) -> EsciData:
@@ -589,14 +742,17 @@ def _load_hub(dataset_id: str, **options) -> EsciData:
 
 
 def load_prepared_esci(folder: str | os.PathLike) -> EsciData:
-    """The ``catalogue/`` and ``judgements/`` datasets of a folder written by ``ttsn_hf.data.stages.prepare``."""
+    """The ``catalogue/`` and ``judgements/`` datasets (memory-mapped) of a folder written by
+    ``ttsn_hf.data.stages.prepare``; ``summary.json`` says the source's query_id type."""
     folder = Path(folder)
     try:
         catalogue = datasets.load_from_disk(str(folder / "catalogue"))
         judgements = datasets.load_from_disk(str(folder / "judgements"))
     except (FileNotFoundError, ValueError, OSError) as error:
         raise UserInputError(f"{folder}: not a readable prepared data folder ({error})") from None
-    return EsciData(catalogue=catalogue, judgements=judgements, source=str(folder))
+    summary = folder / "summary.json"
+    id_type = json.loads(summary.read_text()).get("query_id_dtype", "string") if summary.is_file() else "string"
+    return EsciData(catalogue=catalogue, judgements=judgements, source=str(folder), query_id_dtype=id_type)
 
 
 def load_esci(
@@ -608,6 +764,7 @@ def load_esci(
     max_text_chars: int | None = DEFAULT_MAX_TEXT_CHARS,
     allow_missing_titles: bool = False,
     num_proc: int | None = None,
+    catalogue_dir: str | os.PathLike | None = None,
 ) -> EsciData:
     """Load ESCI judgements and their catalogue from any of the supported sources.
 
@@ -617,6 +774,7 @@ def load_esci(
     Rows are kept where ``product_locale == locale`` and (when ``small_version`` is 1) ``small_version == 1``,
     where those columns exist; ``split`` keeps only train or test rows. Products with no title are an error
     unless ``allow_missing_titles``, which renders the other fields and drops products left with no text.
+    With ``catalogue_dir`` the catalogue is written there as it is rendered (a saved dataset; memory-mapped).
     """
     template_pieces(text_template)  # fail on a bad template before reading anything
     options = dict(
@@ -625,6 +783,7 @@ def load_esci(
         allow_missing_titles=allow_missing_titles,
         dropped={},
         num_proc=num_proc,
+        catalogue_dir=Path(catalogue_dir) if catalogue_dir is not None else None,
     )
     filters = dict(locale=locale, small_version=small_version, split=split)
     path_text = os.fspath(path)
@@ -633,6 +792,8 @@ def load_esci(
         if (folder / EXAMPLES_FILE).exists() or (folder / PRODUCTS_FILE).exists():
             return _load_official(folder, **filters, **options)
         if (folder / "catalogue").is_dir() and (folder / "judgements").is_dir():
+            if catalogue_dir is not None:
+                raise UserInputError(f"{folder}: already prepared data; pass the raw ESCI files to prepare")
             return load_prepared_esci(folder)
         if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
             return _load_saved(folder, **filters, **options)

@@ -1,15 +1,17 @@
 """Chunked, cached, resumable, process-sharded catalogue encoding.
 
-The catalogue is cut into chunks of ``chunk_size`` products. With a ``cache_dir`` every chunk is saved as its own
-``.npy`` file (atomically) under a folder keyed by the model and the catalogue, so an interrupted run resumes from
-the chunks already there, and a finished run is assembled once into ``embeddings.npy`` that later runs memory-map
-instead of encoding again. Under ``accelerate launch`` chunks are shared round-robin between the processes.
+The catalogue is streamed from its table in chunks of ``chunk_size`` products (never every text at once). With a
+``cache_dir`` every chunk is saved as its own ``.npy`` file (atomically) under a folder keyed by the model and the
+catalogue, so an interrupted run resumes from the chunks already there, and a finished run is assembled once into
+``embeddings.npy`` that later runs memory-map instead of encoding again. Under ``accelerate launch`` chunks are
+shared round-robin between the processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,7 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
+from ..data.tables import Products, catalogue_fingerprint
 from ..errors import UserInputError
+
+__all__ = ["catalogue_fingerprint", "encode_catalogue", "make_accelerator", "model_fingerprint", "release_pages"]
 
 EMBEDDINGS_FILE = "embeddings.npy"
 INFO_FILE = "info.json"
@@ -44,15 +49,12 @@ def make_accelerator() -> Any:
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
-def catalogue_fingerprint(product_ids: Sequence[str], texts: Sequence[str]) -> str:
-    """A sha256 of the catalogue's ids and texts, in order (length-prefixed, so no two catalogues collide)."""
-    digest = hashlib.sha256()
-    for product_id, text in zip(product_ids, texts, strict=True):
-        for value in (str(product_id), str(text)):
-            encoded = value.encode("utf-8")
-            digest.update(len(encoded).to_bytes(8, "little"))
-            digest.update(encoded)
-    return digest.hexdigest()
+def release_pages(array: np.ndarray) -> None:
+    """Drop the resident pages of a memory-mapped array (they stay in the page cache): a pass over a large
+    ``embeddings.npy`` then holds one chunk, not the whole file, in the process. Other arrays are left alone."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def model_fingerprint(model: Any) -> str:
@@ -77,59 +79,69 @@ def model_fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: Any, product_ids: Sequence[str], texts: Sequence[str], bf16: bool) -> str:
+def cache_key(model: Any, catalogue: Products, bf16: bool) -> str:
     precision = "bf16" if bf16 else "fp32"
-    return f"{catalogue_fingerprint(product_ids, texts)[:16]}-{model_fingerprint(model)[:16]}-{precision}"
+    return f"{catalogue.fingerprint()[:16]}-{model_fingerprint(model)[:16]}-{precision}"
 
 
 def encode_catalogue(
     model: ProductEncoder,
-    product_ids: Sequence[str],
-    texts: Sequence[str],
+    product_ids: Sequence[str] | Products,
+    texts: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     chunk_size: int = 50_000,
     batch_size: int = 256,
     bf16: bool = False,
     accelerator: Any = None,
 ) -> np.ndarray:
-    """Embed every product text: a float32 ``(n, dim)`` array, row ``i`` for ``product_ids[i]``.
+    """Embed every product text: a float32 ``(n, dim)`` array, row ``i`` for product ``i``.
 
-    With ``cache_dir`` the result is a read-only ``np.memmap`` of the cached ``embeddings.npy``; without, an
-    in-memory array. With an ``accelerator`` of N processes, each encodes every N-th chunk; all processes return
+    ``product_ids`` is the product table (``Products``, texts streamed from it) or a list of ids with ``texts``
+    beside it. With ``cache_dir`` the result is a read-only ``np.memmap`` of the cached ``embeddings.npy``; without,
+    an in-memory array. With an ``accelerator`` of N processes, each encodes every N-th chunk; all processes return
     the same array.
     """
-    if len(product_ids) != len(texts):
-        raise UserInputError(f"catalogue: {len(product_ids)} product ids but {len(texts)} product texts")
+    catalogue = product_ids if isinstance(product_ids, Products) else Products.from_lists(product_ids, texts)
     if chunk_size < 1:
         raise UserInputError(f"--chunk_size must be at least 1, got {chunk_size}")
-    if len(product_ids) == 0:
+    if len(catalogue) == 0:
         return np.empty((0, model.embedding_dim), dtype=np.float32)
     shard = _Shard(accelerator)
-    bounds = [(start, min(start + chunk_size, len(texts))) for start in range(0, len(texts), chunk_size)]
-    encode = _chunk_encoder(model, texts, batch_size, bf16)
+    bounds = [(start, min(start + chunk_size, len(catalogue))) for start in range(0, len(catalogue), chunk_size)]
+    encode = _chunk_encoder(model, batch_size, bf16)
     if cache_dir is None:
-        return _encode_in_memory(bounds, encode, shard)
-    folder = Path(cache_dir) / cache_key(model, product_ids, texts, bf16)
+        return _encode_in_memory(catalogue, chunk_size, bounds, encode, shard)
+    folder = Path(cache_dir) / cache_key(model, catalogue, bf16)
     # every process passes both barriers, whatever it finds on disk, so none can wait for the others forever
     if not (folder / EMBEDDINGS_FILE).is_file():
-        _encode_missing_chunks(folder / f"chunks-{chunk_size}", bounds, encode, shard)
+        _encode_missing_chunks(folder / f"chunks-{chunk_size}", catalogue, chunk_size, bounds, encode, shard)
     shard.wait()
     if shard.is_main and not (folder / EMBEDDINGS_FILE).is_file():
-        _assemble(folder, bounds, chunk_size, model, product_ids, bf16)
+        _assemble(folder, bounds, chunk_size, model, len(catalogue), bf16)
     shard.wait()
-    return _load_cached(folder, len(texts))
+    return _load_cached(folder, len(catalogue))
 
 
-def _chunk_encoder(model: ProductEncoder, texts: Sequence[str], batch_size: int, bf16: bool):
-    def encode(start: int, end: int) -> np.ndarray:
+def _chunk_encoder(model: ProductEncoder, batch_size: int, bf16: bool):
+    def encode(texts: list[str]) -> np.ndarray:
         pieces = [
-            model.encode_products(list(texts[first : min(first + TEXTS_PER_CALL, end)]), batch_size=batch_size,
-                                  bf16=bf16, show_progress_bar=False)
-            for first in range(start, end, TEXTS_PER_CALL)
+            model.encode_products(texts[first : first + TEXTS_PER_CALL], batch_size=batch_size, bf16=bf16,
+                                  show_progress_bar=False)
+            for first in range(0, len(texts), TEXTS_PER_CALL)
         ]  # fmt: skip
         return np.ascontiguousarray(np.concatenate(pieces), dtype=np.float32)
 
     return encode
+
+
+def _chunks(catalogue: Products, chunk_size: int, wanted: list[int]):
+    """(chunk index, texts) of the ``wanted`` chunks, streamed in order (the others are read past, not kept)."""
+    wanted_set = set(wanted)
+    for index, texts in enumerate(catalogue.text_chunks(chunk_size)):
+        if index in wanted_set:
+            yield index, texts
+        if index >= max(wanted, default=-1):
+            return
 
 
 class _Shard:
@@ -153,11 +165,17 @@ class _Shard:
 
 
 def _progress(chunks: list[int], shard: _Shard, desc: str):
-    return tqdm(chunks, desc=desc, unit="chunk", disable=not shard.is_main or len(chunks) < 2)
+    return tqdm(total=len(chunks), desc=desc, unit="chunk", disable=not shard.is_main or len(chunks) < 2)
 
 
-def _encode_in_memory(bounds, encode, shard: _Shard) -> np.ndarray:
-    own = {index: encode(*bounds[index]) for index in _progress(shard.mine(bounds), shard, "encode catalogue")}
+def _encode_in_memory(catalogue: Products, chunk_size: int, bounds, encode, shard: _Shard) -> np.ndarray:
+    mine = shard.mine(bounds)
+    progress = _progress(mine, shard, "encode catalogue")
+    own = {}
+    for index, texts in _chunks(catalogue, chunk_size, mine):
+        own[index] = encode(texts)
+        progress.update(1)
+    progress.close()
     if shard.world > 1:
         from accelerate.utils import gather_object
 
@@ -166,19 +184,22 @@ def _encode_in_memory(bounds, encode, shard: _Shard) -> np.ndarray:
     return np.concatenate([own[index] for index in range(len(bounds))])
 
 
-def _encode_missing_chunks(chunks_dir: Path, bounds, encode, shard: _Shard) -> None:
+def _encode_missing_chunks(chunks_dir: Path, catalogue: Products, chunk_size: int, bounds, encode, shard) -> None:
     chunks_dir.mkdir(parents=True, exist_ok=True)
     missing = [index for index in shard.mine(bounds) if not _chunk_file(chunks_dir, index).is_file()]
-    for index in _progress(missing, shard, "encode catalogue"):
+    progress = _progress(missing, shard, "encode catalogue")
+    for index, texts in _chunks(catalogue, chunk_size, missing):
         with atomic_path(_chunk_file(chunks_dir, index)) as temporary, open(temporary, "wb") as handle:
-            np.save(handle, encode(*bounds[index]))
+            np.save(handle, encode(texts))
+        progress.update(1)
+    progress.close()
 
 
 def _chunk_file(chunks_dir: Path, index: int) -> Path:
     return chunks_dir / f"{index:06d}.npy"
 
 
-def _assemble(folder: Path, bounds, chunk_size: int, model, product_ids, bf16: bool) -> None:
+def _assemble(folder: Path, bounds, chunk_size: int, model, count: int, bf16: bool) -> None:
     chunks_dir = folder / f"chunks-{chunk_size}"
     first = np.load(_chunk_file(chunks_dir, 0), mmap_mode="r")
     shape = (bounds[-1][1], first.shape[1])
@@ -186,12 +207,13 @@ def _assemble(folder: Path, bounds, chunk_size: int, model, product_ids, bf16: b
         output = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
         for index, (start, end) in enumerate(bounds):
             output[start:end] = np.load(_chunk_file(chunks_dir, index), mmap_mode="r")
-        output.flush()
+            output.flush()
+            release_pages(output)
         del output
     info = {
         "model_name_or_path": str(getattr(model, "name_or_path", "")),
         "model_fingerprint": model_fingerprint(model),
-        "count": len(product_ids),
+        "count": count,
         "dim": shape[1],
         "bf16": bf16,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

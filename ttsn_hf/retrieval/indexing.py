@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, check_output_path
+from ..data.tables import Products, table_batches
 from ..errors import UserInputError
-from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
+from .encoding import encode_catalogue, model_fingerprint, release_pages
 
 INDEX_FILE = "index.faiss"
 PRODUCTS_FILE = "products.parquet"
@@ -56,6 +57,7 @@ def build_index(
         _train(index, embeddings, factory, max_train_size, seed)
     for start in tqdm(range(0, count, chunk_size), desc="add to index", disable=count <= chunk_size):
         index.add(np.ascontiguousarray(embeddings[start : start + chunk_size], dtype=np.float32))
+        release_pages(embeddings)  # a memory-mapped matrix: one chunk resident at a time
     _set_default_search_parameters(index)
     return index
 
@@ -63,8 +65,10 @@ def build_index(
 def _train(index: faiss.Index, embeddings: np.ndarray, factory: str, max_train_size: int, seed: int) -> None:
     count = embeddings.shape[0]
     rows = np.sort(np.random.default_rng(seed).choice(count, size=min(count, max_train_size), replace=False))
+    sample = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+    release_pages(embeddings)
     try:
-        index.train(np.ascontiguousarray(embeddings[rows], dtype=np.float32))
+        index.train(sample)
     except RuntimeError as error:
         raise UserInputError(
             f"--index_factory {factory!r} cannot be trained on {count} products ({error}); "
@@ -112,6 +116,7 @@ def _search_exact(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: i
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for start in range(0, len(corpus), chunk_size):
         chunk = np.ascontiguousarray(corpus[start : start + chunk_size], dtype=np.float32)
+        release_pages(corpus)  # a memory-mapped matrix: one chunk resident at a time
         scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(scores, rows + start)
     heap.finalize()
@@ -135,17 +140,18 @@ def recall_against_exact(
         np.random.default_rng(seed).choice(len(embeddings), size=min(queries, len(embeddings)), replace=False)
     )
     sample = np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+    release_pages(embeddings)
     _, exact = search(embeddings, sample, k)
     _, approximate = search(index, sample, k)
     found = [len(set(a[a >= 0].tolist()) & set(e.tolist())) / e.size for a, e in zip(approximate, exact, strict=True)]
     return {f"recall@{k}": round(float(np.mean(found)), 4), "queries": len(rows), "queries_from": "catalogue sample"}
 
 
-def make_manifest(model: Any, product_ids: Sequence[str], texts: Sequence[str], index: faiss.Index, factory: str):
+def make_manifest(model: Any, catalogue: Products, index: faiss.Index, factory: str):
     return {
         "model_name_or_path": str(getattr(model, "name_or_path", "")),
         "model_fingerprint": model_fingerprint(model),
-        "catalogue_fingerprint": catalogue_fingerprint(product_ids, texts),
+        "catalogue_fingerprint": catalogue.fingerprint(),
         "dim": index.d,
         "count": index.ntotal,
         "index_factory": factory,
@@ -158,21 +164,30 @@ def make_manifest(model: Any, product_ids: Sequence[str], texts: Sequence[str], 
 def save_index(
     folder: str | Path,
     index: faiss.Index,
-    product_ids: Sequence[str],
+    product_ids: Sequence[str] | Products,
     manifest: dict[str, Any],
     texts: Sequence[str] | None = None,
 ) -> Path:
-    """Write the index folder atomically: a reader sees the old folder or the complete new one."""
+    """Write the index folder atomically: a reader sees the old folder or the complete new one. ``product_ids`` is
+    the product table (written to ``products.parquet`` chunk by chunk) or a list of ids with ``texts``."""
+    if not isinstance(product_ids, Products):
+        texts = list(texts) if texts is not None else [""] * len(product_ids)
+        product_ids = Products.from_lists(list(map(str, product_ids)), texts)
     if index.ntotal != len(product_ids):
         raise ValueError(f"the index holds {index.ntotal} vectors for {len(product_ids)} product ids")
-    texts = list(texts) if texts is not None else [""] * len(product_ids)
-    products = pa.table({"product_id": pa.array(list(map(str, product_ids))), "product_text": pa.array(texts)})
     with atomic_path(folder) as temporary:
         temporary.mkdir(parents=True)
         faiss.write_index(index, str(temporary / INDEX_FILE))
-        pq.write_table(products, temporary / PRODUCTS_FILE)
+        _write_products(product_ids, temporary / PRODUCTS_FILE)
         (temporary / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return Path(folder)
+
+
+def _write_products(catalogue: Products, path: Path) -> None:
+    schema = pa.schema([("product_id", pa.string()), ("product_text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for table in table_batches(catalogue.data, ["product_id", "product_text"]):
+            writer.write_table(table.cast(schema))
 
 
 @dataclass
@@ -292,8 +307,8 @@ class ProductSearcher:
 
 def build_catalogue_index(
     model: Any,
-    product_ids: Sequence[str],
-    texts: Sequence[str],
+    product_ids: Sequence[str] | Products,
+    texts: Sequence[str] | None,
     output_dir: str | Path,
     factory: str = "Flat",
     batch_size: int = 256,
@@ -302,22 +317,24 @@ def build_catalogue_index(
     cache_dir: str | Path | None = None,
     accelerator: Any = None,
 ) -> Path | None:
-    """Encode the catalogue (sharded across processes, resumable through ``cache_dir``) and write the index folder
-    from the main process. ``factory="auto"`` picks exact or IVF search by size (``auto_factory``); an approximate
-    index's recall@10 against exact search is measured and kept in the manifest. Returns the folder (``None`` on
-    the other processes)."""
+    """Encode the catalogue (``product_ids``: the product table, or ids with ``texts``; sharded across processes,
+    resumable through ``cache_dir``) and write the index folder from the main process. ``factory="auto"`` picks
+    exact or IVF search by size (``auto_factory``); an approximate index's recall@10 against exact search is
+    measured and kept in the manifest. Returns the folder (``None`` on the other processes)."""
     check_output_path(output_dir, "--output_dir")
+    catalogue = product_ids if isinstance(product_ids, Products) else Products.from_lists(product_ids, texts)
     embeddings = encode_catalogue(
-        model, product_ids, texts, cache_dir, chunk_size, batch_size, bf16, accelerator=accelerator
-    )
+        model, catalogue, cache_dir=cache_dir, chunk_size=chunk_size, batch_size=batch_size, bf16=bf16,
+        accelerator=accelerator,
+    )  # fmt: skip
     if accelerator is not None and not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
-    factory = auto_factory(len(product_ids)) if factory == AUTO_FACTORY else factory
+    factory = auto_factory(len(catalogue)) if factory == AUTO_FACTORY else factory
     index = build_index(embeddings, factory, chunk_size=chunk_size)
-    manifest = make_manifest(model, product_ids, texts, index, factory)
+    manifest = make_manifest(model, catalogue, index, factory)
     manifest["recall_vs_exact"] = None if factory == "Flat" else recall_against_exact(index, embeddings)
-    folder = save_index(output_dir, index, product_ids, manifest, texts)
+    folder = save_index(output_dir, index, catalogue, manifest)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return folder

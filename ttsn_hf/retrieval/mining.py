@@ -34,27 +34,31 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..atomic import atomic_path, write_text_atomic
+from ..data.tables import Judgements, Products
 from ..errors import UserInputError
 from ..labels import LABELS, POSITIVE_LABELS_BY_STAGE
-from .catalogue import DEFAULT_CACHE_DIR, load_catalogue
-from .encoding import catalogue_fingerprint, encode_catalogue, model_fingerprint
+from .encoding import encode_catalogue, model_fingerprint
 from .indexing import search
 
 COLUMNS = ["query_id", "product_id", "rank", "score", "positive_score"]
+QUERIES_PER_SEARCH = 8192  # queries searched at a time: their candidate lists, not all queries', are in memory
 
 
 @dataclass
 class MiningSettings:
-    """Every setting of a mining run: the selection rules (module docstring) and how the catalogue is encoded."""
+    """Every setting of a mining run: the selection rules (module docstring) and how the catalogue is encoded.
+    ``cache_dir`` None: no embedding cache."""
 
     num_negatives: int = 10
     margin: float | None = None
@@ -68,17 +72,18 @@ class MiningSettings:
     positive_reference: Literal["mean", "min"] = "mean"
     batch_size: int = 256
     bf16: bool = False
-    cache_dir: str | Path | None = DEFAULT_CACHE_DIR
+    cache_dir: str | Path | None = None
     chunk_size: int = 50_000
 
     def selection(self) -> dict[str, Any]:
-        """The settings that decide which negatives are chosen (recorded in the summary)."""
-        return {name: getattr(self, name) for name in SELECTION_SETTINGS}
+        """The settings that decide which negatives are chosen (recorded in the summary, compared before reuse)."""
+        chosen = {name: getattr(self, name) for name in SELECTION_SETTINGS}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in chosen.items()}
 
 
 SELECTION_SETTINGS = (
     "num_negatives", "margin", "relative_margin", "range_min", "range_max", "sampling_strategy", "seed",
-    "positive_reference",
+    "positive_reference", "positive_labels", "excluded_labels",
 )  # fmt: skip
 
 
@@ -87,47 +92,61 @@ def _settings(settings: MiningSettings | None, overrides: Mapping[str, Any]) -> 
     return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
+def read_mined_summary(parquet: str | os.PathLike) -> dict[str, Any]:
+    """The JSON summary mining writes beside a mined parquet ({} when there is none)."""
+    path = Path(parquet).with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def mined_file_difference(
+    summary: Mapping[str, Any], fingerprint: str, settings: MiningSettings, products: Products
+) -> str | None:
+    """Why a mined file (its JSON ``summary``) is not what mining with ``settings`` by the model of ``fingerprint``
+    over ``products`` would write; None when it is. Every selection setting is compared (the seed only where it
+    matters: random sampling) and the catalogue's fingerprint."""
+    if summary.get("model_fingerprint") != fingerprint:
+        owner = str(summary.get("model_fingerprint") or "an unknown model")[:12]
+        return f"mined by {owner}, not by {fingerprint[:12]}"
+    recorded, wanted = summary.get("selection"), settings.selection()
+    if not isinstance(recorded, dict):
+        return "its summary records no selection settings (mined by an older version)"
+    if settings.sampling_strategy != "random":
+        recorded, wanted = {**recorded, "seed": None}, {**wanted, "seed": None}
+    for name, value in wanted.items():
+        if recorded.get(name) != value:
+            return f"mined with {name} {recorded.get(name)!r}, this run's is {value!r}"
+    if summary.get("catalogue_fingerprint") != products.fingerprint():
+        return "mined over another catalogue"
+    return None
+
+
 @dataclass
 class MiningInput:
-    """What mining reads: the catalogue, the judgements and which queries are training queries."""
+    """What mining reads: the product table, the judgements (arrays) and which queries are training queries."""
 
-    product_ids: list[str]
-    product_texts: list[str]
-    judgements: pd.DataFrame  # query_id, query, product_id, esci_label, split
+    products: Products
+    judged: Judgements
     train_query_ids: list[str]
+    query_id_dtype: str = "string"  # the source's query_id type, kept in the mined file
 
 
 def load_mining_input(source: Any) -> MiningInput:
-    """From an ``EsciData`` (``.catalogue``, ``.judgements``), an ESCI folder or a prepared ``data/`` folder.
+    """From an ``EsciData``, an ESCI folder or a prepared ``data/`` folder.
 
     Training queries are those of split ``train``; in a prepared folder, only those in its stages' ``train``
     splits (validation queries are held out)."""
+    stage_queries = None
     if isinstance(source, str | os.PathLike):
         from ..data.esci import load_esci
 
         folder = Path(source)
-        data = load_esci(folder)
         stage_queries = _prepared_train_query_ids(folder)
-    else:
-        data, stage_queries = source, None
-    catalogue = load_catalogue(data)
-    judgements = _frame(data.judgements, ["query_id", "query", "product_id", "esci_label", "split"], "judgements")
-    train = judgements.loc[judgements["split"] == "train", "query_id"].drop_duplicates()
+        source = load_esci(folder)
+    judged = source.judged()
+    train = judged.query_ids("train")
     if stage_queries is not None:
-        train = train[train.isin(stage_queries)]
-    return MiningInput(catalogue.product_ids, catalogue.texts, judgements, sorted(train))
-
-
-def _frame(table: Any, columns: list[str], name: str) -> pd.DataFrame:
-    frame = table.to_pandas() if hasattr(table, "to_pandas") else pd.DataFrame(table)
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise UserInputError(f"{name}: missing column(s) {missing}; found {list(frame.columns)}")
-    frame = frame[columns].copy()
-    for column in ("query_id", "product_id"):
-        if column in frame:
-            frame[column] = frame[column].astype(str)
-    return frame
+        train = [query_id for query_id in train if query_id in stage_queries]
+    return MiningInput(source.products(), judged, train, getattr(source, "query_id_dtype", "string"))
 
 
 def _prepared_train_query_ids(folder: Path) -> set[str] | None:
@@ -148,44 +167,44 @@ def mine_hard_negatives(
     source: Any,
     settings: MiningSettings | None = None,
     accelerator: Any = None,
-    positive_labels: Sequence[str] = POSITIVE_LABELS_BY_STAGE[1],
-    excluded_labels: Sequence[str] = LABELS,
-    positive_reference: Literal["mean", "min"] = "mean",
     **overrides: Any,
 ) -> pd.DataFrame:
     """Mine hard negatives for the training queries of ``source`` (see ``load_mining_input``) with ``model``.
 
-    ``settings`` (default ``MiningSettings()``), with any field overridden by keyword. The catalogue embeddings are
-    cached under ``settings.cache_dir`` (keyed by model and catalogue) and encoded in chunks, sharded over the
-    ``accelerator``'s processes; every process returns the same frame. The frame's ``attrs["summary"]`` holds the
-    settings and counts that ``write_hard_negatives`` stores beside it.
+    ``settings`` (default ``MiningSettings()``), with any field overridden by keyword. The catalogue is streamed
+    from its table and encoded in chunks, sharded over the ``accelerator``'s processes, its embeddings cached
+    under ``settings.cache_dir`` (keyed by model and catalogue) and memory-mapped; queries are searched
+    ``QUERIES_PER_SEARCH`` at a time. Every process returns the same frame; its ``query_id`` has the source's type.
+    The frame's ``attrs["summary"]`` holds the settings and counts that ``write_hard_negatives`` stores beside it.
     """
     settings = _settings(settings, overrides)
     data = source if isinstance(source, MiningInput) else load_mining_input(source)
     encoding = dict(batch_size=settings.batch_size, bf16=settings.bf16)
     product_embeddings = encode_catalogue(
-        model, data.product_ids, data.product_texts, settings.cache_dir, settings.chunk_size, **encoding,
-        accelerator=accelerator,
+        model, data.products, cache_dir=settings.cache_dir, chunk_size=settings.chunk_size, accelerator=accelerator,
+        **encoding,
     )  # fmt: skip
-    queries = data.judgements.drop_duplicates("query_id").set_index("query_id")["query"]
-    query_ids = data.train_query_ids
-    query_embeddings = model.encode_queries(queries.loc[query_ids].tolist(), **encoding)
-    negatives = select_hard_negatives(
+    positions = data.judged.positions(data.train_query_ids)
+    queries = data.judged.queries.column("query").take(pa.array(positions)).to_pylist()
+    query_embeddings = model.encode_queries(queries, **encoding)
+    judged = data.judged
+    negatives = _select(
         query_embeddings,
         product_embeddings,
-        query_ids,
-        data.product_ids,
-        positives_by_query=_products_by_query(data.judgements, settings.positive_labels),
-        judged_by_query=_products_by_query(data.judgements, settings.excluded_labels),
+        data.train_query_ids,
+        data.products.ids,
+        positives=lambda i: judged.rows_of(positions[i], settings.positive_labels),
+        excluded=lambda i: judged.rows_of(positions[i], settings.excluded_labels),
         settings=settings,
+        query_id_dtype=data.query_id_dtype,
     )
     negatives.attrs["summary"] = {
         **negatives.attrs["summary"],
         "model_name_or_path": str(getattr(model, "name_or_path", "")),
         "model_fingerprint": model_fingerprint(model),
-        "catalogue_fingerprint": catalogue_fingerprint(data.product_ids, data.product_texts),
-        "catalogue_size": len(data.product_ids),
-        "training_queries": len(query_ids),
+        "catalogue_fingerprint": data.products.fingerprint(),
+        "catalogue_size": len(data.products),
+        "training_queries": len(data.train_query_ids),
         "positive_labels": list(settings.positive_labels),
         "excluded_labels": list(settings.excluded_labels),
         "bf16": settings.bf16,
@@ -193,18 +212,13 @@ def mine_hard_negatives(
     return negatives
 
 
-def _products_by_query(judgements: pd.DataFrame, labels: Iterable[str]) -> dict[str, set[str]]:
-    rows = judgements[judgements["esci_label"].isin(list(labels))]
-    return {str(query_id): set(group) for query_id, group in rows.groupby("query_id")["product_id"]}
-
-
 def select_hard_negatives(
     query_embeddings: np.ndarray,
     product_embeddings: np.ndarray,
     query_ids: Sequence[str],
     product_ids: Sequence[str],
-    positives_by_query: Mapping[str, set[str]],
-    judged_by_query: Mapping[str, set[str]],
+    positives_by_query: Mapping[str, Iterable[str]],
+    judged_by_query: Mapping[str, Iterable[str]],
     settings: MiningSettings | None = None,
     **overrides: Any,
 ) -> pd.DataFrame:
@@ -212,47 +226,95 @@ def select_hard_negatives(
 
     ``positives_by_query`` sets the margin's reference score; ``judged_by_query`` lists products never to return
     (it should include the positives). ``settings`` as in ``mine_hard_negatives``. Returns the ``COLUMNS`` frame
-    sorted by query id and rank.
+    sorted by query id and rank. (Mining a catalogue goes through the same core with the judgements as arrays.)
     """
-    s = _settings(settings, overrides)
-    _check_settings(s.num_negatives, s.range_min, s.sampling_strategy, s.positive_reference)
-    row_of = {product_id: row for row, product_id in enumerate(product_ids)}
-    excluded = [
-        _rows(judged_by_query.get(qid, ()), row_of) | _rows(positives_by_query.get(qid, ()), row_of)
-        for qid in query_ids
-    ]
-    positive_scores = _positive_scores(
-        query_embeddings, product_embeddings, query_ids, positives_by_query, row_of, s.positive_reference
+    row_of = {str(product_id): row for row, product_id in enumerate(product_ids)}
+
+    def rows(by_query: Mapping[str, Iterable[str]]) -> Callable[[int], np.ndarray]:
+        def lookup(i: int) -> np.ndarray:
+            found = [row_of[str(pid)] for pid in by_query.get(query_ids[i], ()) if str(pid) in row_of]
+            return np.asarray(sorted(set(found)), dtype=np.int64)
+
+        return lookup
+
+    positives = rows(positives_by_query)
+    excluded = rows(judged_by_query)
+    return _select(
+        query_embeddings,
+        product_embeddings,
+        list(map(str, query_ids)),
+        pa.array([str(product_id) for product_id in product_ids], pa.string()),
+        positives=positives,
+        excluded=lambda i: np.union1d(excluded(i), positives(i)),
+        settings=_settings(settings, overrides),
     )
+
+
+def _select(
+    query_embeddings: np.ndarray,
+    product_embeddings: np.ndarray,
+    query_ids: Sequence[str],
+    product_ids: pa.Array,
+    positives: Callable[[int], np.ndarray],
+    excluded: Callable[[int], np.ndarray],
+    settings: MiningSettings,
+    query_id_dtype: str = "string",
+) -> pd.DataFrame:
+    """The selection over catalogue rows: ``positives(i)`` / ``excluded(i)`` are query ``i``'s rows."""
+    s = settings
+    _check_settings(s.num_negatives, s.range_min, s.sampling_strategy, s.positive_reference)
     uses_margin = s.margin is not None or s.relative_margin is not None
-    most_excluded = max((len(rows) for rows in excluded), default=0)
+    most_excluded = max((len(excluded(i)) for i in range(len(query_ids))), default=0)
     range_max = s.range_max
     if range_max is None:
         range_max = s.range_min + (10 if uses_margin else 1) * s.num_negatives + most_excluded
     _check_range(s.num_negatives, s.range_min, range_max)
-    scores, rows = search(product_embeddings, query_embeddings, range_max + most_excluded, s.chunk_size)
     tie_order = _tie_order(product_ids)
-    records, skipped = [], 0
-    for position, query_id in enumerate(query_ids):
-        if uses_margin and np.isnan(positive_scores[position]):
-            skipped += 1
-            continue
-        threshold = _threshold(positive_scores[position], s.margin, s.relative_margin)
-        valid = _valid_candidates(scores[position], rows[position], tie_order, excluded[position], threshold)
-        chosen = _choose(valid, s.num_negatives, s.range_min, range_max, s.sampling_strategy, s.seed, query_id)
-        records += [(query_id, product_ids[row], rank, score, positive_scores[position]) for rank, row, score in chosen]
-    negatives = pd.DataFrame.from_records(records, columns=COLUMNS).astype(
-        {"query_id": str, "product_id": str, "rank": np.int64, "score": np.float32, "positive_score": np.float32}
-    )
-    negatives = negatives.sort_values(["query_id", "rank"], kind="stable").reset_index(drop=True)
-    summary = {**s.selection(), "range_max": range_max}
+    found: list[tuple[int, int, int, float, float]] = []  # query index, row, rank, score, positive score
+    skipped = 0
+    for start in range(0, len(query_ids), QUERIES_PER_SEARCH):
+        chunk = np.ascontiguousarray(query_embeddings[start : start + QUERIES_PER_SEARCH], dtype=np.float32)
+        scores, rows = search(product_embeddings, chunk, range_max + most_excluded, s.chunk_size)
+        for offset in range(len(chunk)):
+            i = start + offset
+            positive_score = _positive_score(chunk[offset], product_embeddings, positives(i), s.positive_reference)
+            if uses_margin and np.isnan(positive_score):
+                skipped += 1
+                continue
+            threshold = _threshold(positive_score, s.margin, s.relative_margin)
+            valid = _valid_candidates(scores[offset], rows[offset], tie_order, excluded(i), threshold)
+            chosen = _choose(valid, s.num_negatives, s.range_min, range_max, s.sampling_strategy, s.seed, query_ids[i])
+            found += [(i, row, rank, score, positive_score) for rank, row, score in chosen]
+    negatives = _frame(found, query_ids, product_ids, query_id_dtype)
+    summary = {**s.selection(), "range_max": range_max, "selection": s.selection()}
     negatives.attrs["summary"] = {**summary, **_counts(negatives, len(query_ids), skipped, s.num_negatives)}
+    negatives.attrs["summary"]["query_id_dtype"] = query_id_dtype
     return negatives
 
 
-def _tie_order(product_ids: Sequence[str]) -> np.ndarray:
+def _frame(found: list, query_ids: Sequence[str], product_ids: pa.Array, query_id_dtype: str) -> pd.DataFrame:
+    """The mined negatives, sorted by query id and rank; ``query_id`` in the source's type."""
+    index = np.asarray([item[0] for item in found], dtype=np.int64)
+    rows = np.asarray([item[1] for item in found], dtype=np.int64)
+    query_values = pa.array(list(map(str, query_ids)), pa.string()).take(pa.array(index))
+    frame = pd.DataFrame(
+        {
+            "query_id": query_values.to_pandas(),
+            "product_id": product_ids.take(pa.array(rows)).to_pandas(),
+            "rank": np.asarray([item[2] for item in found], dtype=np.int64),
+            "score": np.asarray([item[3] for item in found], dtype=np.float32),
+            "positive_score": np.asarray([item[4] for item in found], dtype=np.float32),
+        }
+    )
+    frame = frame.sort_values(["query_id", "rank"], kind="stable").reset_index(drop=True)
+    if query_id_dtype == "int64":
+        frame["query_id"] = frame["query_id"].astype(np.int64)
+    return frame
+
+
+def _tie_order(product_ids: pa.Array) -> np.ndarray:
     """Each row's position in product-id order (ties in score are broken by product id)."""
-    order = np.argsort(np.asarray(product_ids, dtype=str), kind="stable")
+    order = pc.sort_indices(product_ids).to_numpy()
     positions = np.empty(len(order), dtype=np.int64)
     positions[order] = np.arange(len(order))
     return positions
@@ -277,18 +339,11 @@ def _check_range(num_negatives: int, range_min: int, range_max: int) -> None:
         )
 
 
-def _rows(product_ids: Iterable[str], row_of: Mapping[str, int]) -> set[int]:
-    return {row_of[product_id] for product_id in product_ids if product_id in row_of}
-
-
-def _positive_scores(query_embeddings, product_embeddings, query_ids, positives_by_query, row_of, reference):
-    scores = np.full(len(query_ids), np.nan, dtype=np.float32)
-    reduce = np.mean if reference == "mean" else np.min
-    for position, query_id in enumerate(query_ids):
-        rows = sorted(_rows(positives_by_query.get(query_id, ()), row_of))
-        if rows:
-            scores[position] = reduce(np.asarray(product_embeddings[rows]) @ query_embeddings[position])
-    return scores
+def _positive_score(query: np.ndarray, product_embeddings: np.ndarray, rows: np.ndarray, reference: str) -> float:
+    if not len(rows):
+        return float("nan")
+    scores = np.asarray(product_embeddings[np.sort(rows)], dtype=np.float32) @ query
+    return float(np.mean(scores) if reference == "mean" else np.min(scores))
 
 
 def _threshold(positive_score: float, margin: float | None, relative_margin: float | None) -> float:
@@ -300,15 +355,16 @@ def _threshold(positive_score: float, margin: float | None, relative_margin: flo
     return threshold
 
 
-def _valid_candidates(scores, rows, tie_order, excluded: set[int], threshold: float) -> list[tuple[int, int, float]]:
+def _valid_candidates(scores, rows, tie_order, excluded: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """(1-based rank, row, score) of the retrieved products that may be negatives, best first."""
     found = rows >= 0
     scores, rows = scores[found], rows[found]
     order = np.lexsort((tie_order[rows], -scores))
+    allowed = ~np.isin(rows[order], excluded) & (scores[order] <= threshold)
     return [
         (rank, int(rows[i]), float(scores[i]))
-        for rank, i in enumerate(order, start=1)
-        if int(rows[i]) not in excluded and scores[i] <= threshold
+        for rank, (i, ok) in enumerate(zip(order, allowed, strict=True), start=1)
+        if ok
     ]
 
 
@@ -351,6 +407,7 @@ def write_hard_negatives(negatives: pd.DataFrame, path: str | Path, summary: Map
         raise UserInputError(f"--output {path}: the hard negatives file must end in .parquet")
     summary = dict(negatives.attrs.get("summary", {}) if summary is None else summary)
     summary["output"] = str(path)
+    summary.setdefault("query_id_dtype", "int64" if pd.api.types.is_integer_dtype(negatives["query_id"]) else "string")
     with atomic_path(path) as temporary:
         negatives[COLUMNS].to_parquet(temporary, index=False)
     write_text_atomic(path.with_suffix(".json"), json.dumps(summary, indent=2, default=_json_default))

@@ -1,18 +1,17 @@
-"""Tokenise query groups once (batched ``datasets.map``) and collate them, drawing each group's negatives per epoch."""
+"""Collate query groups: look their texts up and tokenise the batch (as sentence-transformers does), dealing each
+group its negatives for the epoch. Nothing is tokenised ahead of the batch that needs it."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import datasets
-import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
+from ..data.groups import GroupSource
 from ..labels import DEFAULT_LABEL_WEIGHTS
 
 DEFAULT_NEGATIVES_PER_QUERY = 1
@@ -25,112 +24,73 @@ def product_key(product_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(product_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def tokenize_groups(
-    dataset: datasets.Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    query_max_length: int,
-    product_max_length: int,
-    known_positives: Mapping[str, list[str]],
-    label_weights: Mapping[str, float] = DEFAULT_LABEL_WEIGHTS,
-    teacher_scores: TeacherLookup | None = None,
-) -> datasets.Dataset:
-    """Add token ids, label weights and product keys to query groups (:func:`ttsn_hf.data.groups.build_groups`):
-    the positive's, and a list of them for the pool. ``mask_keys`` lists the query's known positives, which the
-    in-batch loss never treats as negatives. ``teacher_scores(query, product_texts)`` adds the teacher's score of
-    the positive and of each pool product (``teacher_scores`` column: positive first). Cached by ``datasets`` for
-    datasets loaded from disk."""
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        queries = tokenizer(batch["query"], truncation=True, max_length=query_max_length)["input_ids"]
-        texts = sorted({text for pool in batch["pool_texts"] for text in pool} | set(batch["product_text"]))
-        ids = tokenizer(texts, truncation=True, max_length=product_max_length)["input_ids"]
-        by_text = dict(zip(texts, ids, strict=True))
-        columns = {
-            "query_input_ids": queries,
-            "product_input_ids": [by_text[text] for text in batch["product_text"]],
-            "pool_input_ids": [[by_text[text] for text in pool] for pool in batch["pool_texts"]],
-            "length": [len(by_text[text]) for text in batch["product_text"]],
-            "weight": [label_weights.get(label, 1.0) for label in batch["esci_label"]],
-            "pool_weights": [[label_weights.get(label, 1.0) for label in pool] for pool in batch["pool_labels"]],
-            "product_key": [product_key(pid) for pid in batch["product_id"]],
-            "pool_keys": [[product_key(pid) for pid in pool] for pool in batch["pool_ids"]],
-            "query_key": [zlib.crc32(qid.encode("utf-8")) for qid in batch["query_id"]],
-            "mask_keys": [[product_key(pid) for pid in known_positives.get(qid, [])] for qid in batch["query_id"]],
-        }
-        if teacher_scores is not None:
-            columns["teacher_scores"] = [
-                teacher_scores(query, [text, *pool])
-                for query, text, pool in zip(batch["query"], batch["product_text"], batch["pool_texts"], strict=True)
-            ]
-        return columns
-
-    return dataset.map(encode, batched=True, desc="tokenize")
-
-
 @dataclass
 class TwoTowerCollator:
-    """Collates query groups: each query once, then its positive and ``negatives_per_query`` negatives drawn from
-    its pool with a generator seeded by (seed, epoch, query, positive): other negatives each epoch, the same ones
-    for the same epoch and seed. Queries and products are each padded to their own longest sequence.
+    """Collates query groups (rows of :meth:`GroupSource.groups`): each query once, then its positive and the
+    ``negatives_per_query`` negatives dealt to it this ``epoch`` from its query's pool (``ttsn_hf.data.groups``):
+    other negatives each epoch, the same ones for the same epoch and seed. Texts come from the source's product
+    table and are tokenised here, queries and products each padded to their own longest sequence.
 
     Product rows of the batch: group ``i``'s positive at ``positive_index[i]``, followed by its negatives;
-    ``product_group[j]`` is the group (query row) of product row ``j``.
+    ``product_group[j]`` is the group (query row) of product row ``j``; ``mask_keys`` lists each query's known
+    E/S/C products, which the in-batch loss never treats as negatives. With a ``teacher``, ``teacher_scores`` holds
+    its cached score of every product row.
     """
 
     tokenizer: PreTrainedTokenizerBase
+    source: GroupSource | None = None
     negatives_per_query: int = DEFAULT_NEGATIVES_PER_QUERY
     seed: int = 42
     epoch: int = 0
+    query_max_length: int = 32
+    product_max_length: int = 128
+    label_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LABEL_WEIGHTS))
+    teacher: TeacherLookup | None = None
 
-    def _pad(self, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
-        return self.tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
-
-    def draw(self, feature: dict) -> list[int]:
-        """Indices of the pool negatives this group uses this epoch."""
-        size = len(feature.get("pool_keys", []))
-        count = min(self.negatives_per_query, size)
-        if count == 0:
-            return []
-        rng = np.random.default_rng([self.seed, self.epoch, feature["query_key"], feature["product_key"]])
-        return sorted(rng.choice(size, size=count, replace=False).tolist())
+    def _tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        return self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        products, groups, targets, weights, keys, positives, teacher = [], [], [], [], [], [], []
-        for row, feature in enumerate(features):
-            drawn = self.draw(feature)
-            positives.append(len(products))
-            products += [feature["product_input_ids"]] + [feature["pool_input_ids"][i] for i in drawn]
-            groups += [row] * (1 + len(drawn))
-            targets += [1.0] + [0.0] * len(drawn)
-            weights += [feature["weight"]] + [feature["pool_weights"][i] for i in drawn]
-            keys += [feature["product_key"]] + [feature["pool_keys"][i] for i in drawn]
-            scores = feature.get("teacher_scores")
-            teacher += [math.nan] * (1 + len(drawn)) if scores is None else [scores[0]] + [scores[1 + i] for i in drawn]
-        queries = self._pad([feature["query_input_ids"] for feature in features])
-        padded_products = self._pad(products)
-        longest_mask = max(1, max(len(f["mask_keys"]) for f in features))
-        mask_keys = torch.full((len(features), longest_mask), -1, dtype=torch.long)
-        for row, feature in enumerate(features):
-            mask_keys[row, : len(feature["mask_keys"])] = torch.tensor(feature["mask_keys"], dtype=torch.long)
+        groups = self.source.resolve(features, self.epoch, self.negatives_per_query)
+        rows, product_group, targets, weights, positives, teacher = [], [], [], [], [], []
+        for number, group in enumerate(groups):
+            positives.append(len(rows))
+            rows += group.rows
+            product_group += [number] * len(group.rows)
+            targets += [1.0] + [0.0] * (len(group.rows) - 1)
+            weights += [self.label_weights.get(label, 1.0) for label in group.labels]
+        texts = self.source.products.texts_at(rows)
+        ids = self.source.products.ids_at(rows)
+        if self.teacher is not None:
+            start = 0
+            for group in groups:
+                teacher += self.teacher(group.query, texts[start : start + len(group.rows)])
+                start += len(group.rows)
+        queries = self._tokenize([group.query for group in groups], self.query_max_length)
+        products = self._tokenize(texts, self.product_max_length)
+        known = [self.source.products.ids_at(group.known_positives) for group in groups]
+        mask_keys = torch.full((len(groups), max(1, max(map(len, known)))), -1, dtype=torch.long)
+        for number, product_ids in enumerate(known):
+            mask_keys[number, : len(product_ids)] = torch.tensor([product_key(pid) for pid in product_ids])
         batch = {
             "query_input_ids": queries["input_ids"],
             "query_attention_mask": queries["attention_mask"],
-            "product_input_ids": padded_products["input_ids"],
-            "product_attention_mask": padded_products["attention_mask"],
+            "product_input_ids": products["input_ids"],
+            "product_attention_mask": products["attention_mask"],
             "positive_index": torch.tensor(positives, dtype=torch.long),
-            "product_group": torch.tensor(groups, dtype=torch.long),
+            "product_group": torch.tensor(product_group, dtype=torch.long),
             "targets": torch.tensor(targets, dtype=torch.float),
             "weights": torch.tensor(weights, dtype=torch.float),
-            "product_keys": torch.tensor(keys, dtype=torch.long),
+            "product_keys": torch.tensor([product_key(pid) for pid in ids], dtype=torch.long),
             "mask_keys": mask_keys,
         }
-        if any(feature.get("teacher_scores") is not None for feature in features):
-            batch["teacher_scores"] = torch.tensor(teacher, dtype=torch.float)
+        if self.teacher is not None:
+            batch["teacher_scores"] = torch.tensor([math.nan if s is None else s for s in teacher], dtype=torch.float)
         return batch
 
 
 class NegativeDrawCallback(TrainerCallback):
-    """Tells the collator which epoch begins, so each epoch draws other negatives from every pool."""
+    """Tells the collator which epoch begins, so each epoch deals other negatives from every pool."""
 
     def __init__(self, collator: TwoTowerCollator, first_epoch: int = 0):
         self.collator, self.first_epoch = collator, first_epoch

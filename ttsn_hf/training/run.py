@@ -15,17 +15,16 @@ from accelerate import PartialState
 
 from ..arguments import DataArguments, ModelArguments, ScheduleArguments, TwoTowerTrainingArguments
 from ..atomic import write_text_atomic
-from ..data.groups import build_groups
 from ..errors import HubUnreachableError, UserInputError
 from ..evaluation.selection import RetrievalEvaluator
 from ..modeling.hub import ensure_hub_reachable
 from ..modeling.model import TwoTowerModel, load_model
-from .collator import NegativeDrawCallback, TwoTowerCollator, tokenize_groups
+from .collator import NegativeDrawCallback, TwoTowerCollator
 from .merge import merge_saved_model
 from .plan import PLAN_FILE, RunPlan
 from .progress import ScheduleEstimateCallback
 from .schedule import Stage
-from .stage_data import StageData, known_positives, load_training_data
+from .stage_data import StageData, load_training_data
 from .state import (
     EpochCheckpointCallback,
     checkpoint_epochs,
@@ -43,12 +42,11 @@ from .state import (
 from .teacher import TeacherScorer
 from .trainer import TwoTowerTrainer
 
-# known_positives, load_training_data and last_complete_checkpoint are imported from here by benchmarks and tests
+# load_training_data and last_complete_checkpoint are imported from here by benchmarks and tests
 __all__ = [
     "TrainingRun",
     "configure_threads",
     "environment_line",
-    "known_positives",
     "last_complete_checkpoint",
     "load_training_data",
 ]
@@ -271,15 +269,25 @@ class TrainingRun:
         self, stage: Stage, model: TwoTowerModel, train: datasets.Dataset, validation: datasets.Dataset
     ) -> TwoTowerTrainer:
         args = self.plan.stage_training_args(stage)
-        negatives = self.data_args.negatives_per_query
-        collator = TwoTowerCollator(model.tokenizer, negatives, self.training_args.seed)
-        evaluation = self.cap(validation, self.data_args.max_eval_samples)
+        source = self.data.group_source([train, validation])
+        collator = TwoTowerCollator(
+            model.tokenizer,
+            source,
+            self.data_args.negatives_per_query,
+            self.training_args.seed,
+            epoch=stage.epochs[0],
+            query_max_length=model.config.query_max_length,
+            product_max_length=model.config.product_max_length,
+            label_weights=self.schedule_args.parsed_label_weights(),
+        )
+        train_groups = self.cap(source.groups(0), self.data_args.max_train_samples)
+        evaluation = self.cap(source.groups(1, fixed=True, with_query_ids=True), self.data_args.max_eval_samples)
         evaluator = self.selection_evaluator(evaluation)
         return TwoTowerTrainer(
             model=model,
             args=args,
-            train_dataset=self.tokenize(self.cap(train, self.data_args.max_train_samples), model),
-            eval_dataset=self.tokenize(evaluation, model, pool_limit=negatives),
+            train_dataset=self.tokenize(train_groups, model, collator, stage.epochs),
+            eval_dataset=self.tokenize(evaluation, model, collator, (collator.epoch,)),
             data_collator=collator,
             loss=self.loss,
             retrieval_evaluator=evaluator,
@@ -290,24 +298,22 @@ class TrainingRun:
             ],
         )
 
-    def cap(self, dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-        if limit is None or limit >= len(dataset):
-            return dataset
-        return dataset.shuffle(seed=self.training_args.seed).select(range(limit))
+    def cap(self, groups: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+        """A seeded sample of ``limit`` query groups (all of them without a limit)."""
+        if limit is None or limit >= len(groups):
+            return groups
+        return groups.shuffle(seed=self.training_args.seed).select(range(limit)).flatten_indices()
 
-    def tokenize(self, dataset: datasets.Dataset, model: TwoTowerModel, pool_limit: int | None = None):
-        """Query groups of the stage rows, tokenised (with the teacher's cached scores when there is a teacher)."""
-        groups = build_groups(dataset, pool_limit, self.training_args.seed)
-        teacher = self.teacher.score_groups(groups) if self.teacher else None
-        return tokenize_groups(
-            groups,
-            model.tokenizer,
-            model.config.query_max_length,
-            model.config.product_max_length,
-            self.data.known_positives,
-            self.schedule_args.parsed_label_weights(),
-            teacher,
-        )
+    def tokenize(self, groups: datasets.Dataset, model: TwoTowerModel, collator: TwoTowerCollator, epochs):
+        """Query groups ready to train on: tokens are made per batch by the collator, so only each positive's token
+        count is added (one streamed pass, for length-grouped batches); with a teacher, it scores once every pair
+        the groups meet in ``epochs`` (cached), and the collator looks the scores up."""
+        if self.teacher:
+            texts = collator.source.texts(groups, epochs, collator.negatives_per_query)
+            collator.teacher = self.teacher.score_groups(texts)
+        if self.training_args.train_sampling_strategy == "group_by_length":
+            groups = collator.source.with_lengths(groups, model.tokenizer, model.config.product_max_length)
+        return groups
 
     def selection_evaluator(self, validation: datasets.Dataset) -> RetrievalEvaluator:
         return RetrievalEvaluator(
