@@ -11,6 +11,7 @@ import argparse
 import json
 
 import pytest
+from conftest import ESCI_SAMPLE
 
 from ttsn_hf.arguments import (
     DataArguments,
@@ -30,8 +31,8 @@ PUSH = ["--push_to_hub"]
 # option -> (flags the comparison is made with, on both sides; the option's value)
 VALUES = {
     "model_name_or_path": ([], "some/encoder"),
-    "esci_dir": ([], "some/esci"),
-    "data_dir": ([], "some/data"),
+    "esci_dir": ([], str(ESCI_SAMPLE)),
+    "data_dir": ([], str(ESCI_SAMPLE)),  # any folder: only what the run would load is compared
     "hard_negatives": ([], "negatives.parquet"),
     "teacher_model_name_or_path": (["--distillation_weight", "1"], "some/teacher"),
     "teacher_cross_encoder": (TEACHER, "true"),
