@@ -1,21 +1,30 @@
 """Every option takes effect or is refused in one line.
 
-For each option a script's parser accepts, a non-default value must change the resolved run (what the run records
-and then uses; train.py's is ``run_plan.json``, :class:`~ttsn_hf.training.plan.RunPlan`) or be refused with a
-one-line error (``UserInputError``) before anything is written. An option that is accepted and then ignored fails
-here, and so does a new option this test has no value for: give it one in ``VALUES`` (or refuse it in the code
-and list it in ``REFUSED``).
+For each option a script's parser accepts, a non-default value must change the resolved run or be refused with a
+one-line error before anything is written. train.py's resolved run is ``run_plan.json``
+(:class:`~ttsn_hf.training.plan.RunPlan`); prepare.py, mine.py, index.py and eval.py run for real with the library
+calls that do their heavy work recorded instead: their resolved run is what they hand the library. An option that
+is accepted and then ignored fails here, and so does a new option this test has no value for: give it one (or
+refuse it in the code, and for train.py list it in ``REFUSED``).
 """
 
 import argparse
+import dataclasses
 import json
+import zlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ESCI_SAMPLE
 
 from ttsn_hf.arguments import (
     DataArguments,
+    EvalArguments,
+    IndexArguments,
+    MineArguments,
     ModelArguments,
+    PrepareArguments,
     ScheduleArguments,
     TwoTowerTrainingArguments,
     build_parser,
@@ -175,3 +184,177 @@ def test_refused_options_name_the_flag_that_does_it():
         resolve_train([*BASE, "--num_train_epochs", "7"])
     with pytest.raises(UserInputError, match="needs --push_to_hub"):
         resolve_train([*BASE, "--hub_model_id", "me/x"])
+
+
+# ---------------------------------------------------------------------------------------------- the other scripts
+# Each script runs for real (its main: parsing, checks, the calls it makes), with the library functions that do the
+# heavy work replaced by recorders: its resolved run is what it hands the library.
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: dict[str, list] = {}
+
+    def __call__(self, name: str, result=None):
+        def record(*args, **kwargs):
+            self.calls.setdefault(name, []).append(json.loads(json.dumps([args, kwargs], default=_plain)))
+            return result(*args, **kwargs) if callable(result) else result
+
+        return record
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return f"<{type(value).__name__}>" if not isinstance(value, str | Path) else str(value)
+
+
+class FakeModel:
+    def __init__(self, name):
+        self.name_or_path = str(name)
+
+    def to(self, device):
+        return self
+
+    def encode_queries(self, texts, **kwargs):
+        return unit_vectors(len(texts), self.name_or_path)
+
+
+class FakeAccelerator:
+    device, is_main_process = "cpu", True
+
+    def end_training(self):
+        pass
+
+
+def unit_vectors(count: int, seed: str) -> np.ndarray:
+    vectors = np.random.default_rng(zlib.crc32(seed.encode())).normal(size=(count, 8)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def patch_mine(module, record, monkeypatch):
+    monkeypatch.setattr("ttsn_hf.modeling.model.load_model", record("load_model", FakeModel))
+    monkeypatch.setattr(module, "make_accelerator", FakeAccelerator)
+    monkeypatch.setattr(module, "mine_to_file", record("mine_to_file", lambda *a, **k: Path(a[2])))
+
+
+def patch_index(module, record, monkeypatch):
+    monkeypatch.setattr("ttsn_hf.modeling.model.load_model", record("load_model", FakeModel))
+    monkeypatch.setattr(module, "make_accelerator", FakeAccelerator)
+    monkeypatch.setattr("ttsn_hf.retrieval.catalogue.load_catalogue", record("load_catalogue", [None] * 3))
+    monkeypatch.setattr("ttsn_hf.retrieval.indexing.build_catalogue_index", record("build_catalogue_index", "idx"))
+    searcher = type("Searcher", (), {"search": record("search", lambda _, queries, k: [[] for _ in queries])})
+    monkeypatch.setattr(
+        "ttsn_hf.retrieval.indexing.ProductSearcher.from_folder", record("from_folder", lambda *a, **k: searcher())
+    )
+
+
+def patch_prepare(module, record, monkeypatch):
+    monkeypatch.setattr(module, "prepare", record("prepare", {}))
+    monkeypatch.setattr(module, "show", record("show", ""))
+
+
+def patch_eval(module, record, monkeypatch):
+    from ttsn_hf.evaluation import evaluate
+
+    monkeypatch.setattr(evaluate, "_load_encoder", record("load_encoder", FakeModel))
+    encode = record("encode_catalogue", lambda model, ids, *a, **k: unit_vectors(len(ids), model.name_or_path))
+    monkeypatch.setattr(evaluate, "encode_catalogue", encode)
+    index_run = record("index_run", lambda args, queries, ids: ({q: ids[:5] for q in queries}, "index model"))
+    monkeypatch.setattr(evaluate, "_index_run", index_run)
+    monkeypatch.setattr(
+        evaluate, "bm25_run", record("bm25_run", lambda queries, ids, *a: {q: ids[:5] for q in queries})
+    )
+    monkeypatch.setattr(evaluate, "write_report", record("write_report"))
+    monkeypatch.setattr(module, "record_eval_results", record("record_eval_results"))
+
+
+SCRIPTS = {  # script -> (how its library calls are recorded, its base arguments, values of its options)
+    "mine": (
+        patch_mine,
+        ["--model_name_or_path", "some/model", "--esci_dir", str(ESCI_SAMPLE), "--output", "out/negatives.parquet"],
+        {"output": "other.parquet", "cache_dir": "cache", "esci_dir": str(ESCI_SAMPLE / "README.md"),
+         "data_dir": ".", "model_name_or_path": "other/model", "margin": "0.1", "range_max": "50"},
+    ),
+    "index": (
+        patch_index,
+        ["--model_name_or_path", "some/model", "--esci_dir", str(ESCI_SAMPLE), "--output_dir", "index"],
+        {"output_dir": "other", "index_factory": "HNSW32", "cache_dir": "cache", "model_name_or_path": "other/model",
+         "esci_dir": str(ESCI_SAMPLE / "README.md"), "data_dir": ".", "query": "usb c cable",
+         "index_dir": "other", "top_k": "3"},
+    ),
+    "prepare": (
+        patch_prepare,
+        ["--esci_dir", str(ESCI_SAMPLE), "--output_dir", "data"],
+        {"output_dir": "other", "hard_negatives": "negatives.parquet", "stages": "1,2,3", "locale": "es",
+         "split": "train", "text_template": "{product_title}", "esci_dir": str(ESCI_SAMPLE / "README.md"),
+         "show": ".", "data_dir": "."},
+    ),
+    "eval": (
+        patch_eval,
+        ["--model_name_or_path", "some/model", "--esci_dir", str(ESCI_SAMPLE), "--output_dir", "eval",
+         "--bootstrap_samples", "20"],
+        {"model_name_or_path": "other/model", "split": "train", "output_dir": "other", "baseline": "other/base",
+         "compare_model_name_or_path": "third/model", "index_dir": "index", "cache_dir": "cache",
+         "esci_dir": str(ESCI_SAMPLE / "README.md"), "data_dir": "."},
+    ),
+}  # fmt: skip
+# options that apply to one mode of a script are compared in that mode: its base arguments
+SEARCH = ["--query", "usb c cable"]
+MODES = {
+    ("index", "index_dir"): SEARCH, ("index", "top_k"): SEARCH,
+    ("eval", "update_model_card"): ["--model_name_or_path", "run/two_tower", "--esci_dir", str(ESCI_SAMPLE),
+                                    "--bootstrap_samples", "20"],
+}  # fmt: skip
+SCRIPT_TYPES = {"mine": (MineArguments,), "index": (IndexArguments,), "prepare": (PrepareArguments,),
+                "eval": (EvalArguments,)}  # fmt: skip
+
+
+def resolve_script(script, argv, load_cli, monkeypatch) -> dict:
+    record = Recorder()
+    module = load_cli(script)
+    SCRIPTS[script][0](module, record, monkeypatch)
+    module.main(argv)
+    return record.calls
+
+
+@pytest.mark.parametrize(
+    "script, action",
+    [(script, action) for script, types in SCRIPT_TYPES.items() for action in options(types)],
+    ids=lambda value: value if isinstance(value, str) else value.dest,
+)
+def test_every_option_of_the_other_scripts_takes_effect_or_is_refused(
+    script, action, load_cli, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    patch, base, values = SCRIPTS[script]
+    name = action.dest
+    base = MODES.get((script, name), base)
+    (tmp_path / "run" / "two_tower").mkdir(parents=True)
+    (tmp_path / "run" / "two_tower" / "config.json").write_text('{"model_type": "two_tower"}')
+    value = values.get(name) or other_value(action)
+    without = resolve_script(script, base, load_cli, monkeypatch)
+    try:
+        with_option = resolve_script(script, [*base, f"--{name}", value], load_cli, monkeypatch)
+    except SystemExit as refusal:  # cli_entry: a one-line error, exit 2
+        assert refusal.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+        return
+    assert with_option != without, f"{script}.py --{name} {value} changed nothing"
+
+
+@pytest.mark.parametrize(
+    "script, argv, refused",
+    [
+        ("index", ["--index_dir", "index", "--query", "q", "--bf16"], "--bf16 builds an index"),
+        ("index", ["--index_dir", "index", "--query", "q", "--esci_dir", str(ESCI_SAMPLE)], "--esci_dir builds"),
+        ("index", ["--model_name_or_path", "m", "--esci_dir", str(ESCI_SAMPLE), "--top_k", "3"], "--top_k applies"),
+        ("prepare", ["--show", ".", "--seed", "3"], "--seed prepares data; --show only prints"),
+        ("mine", ["--model_name_or_path", "m", "--esci_dir", str(ESCI_SAMPLE), "--seed", "3"], "--seed seeds"),
+        ("eval", ["--model_name_or_path", "base/encoder", "--esci_dir", str(ESCI_SAMPLE), "--update_model_card"],
+         "--update_model_card: base/encoder is no two-tower model folder"),
+    ],
+)  # fmt: skip
+def test_options_of_another_mode_are_refused_in_one_line(script, argv, refused, load_cli, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserInputError, match=refused):
+        parse_args(SCRIPT_TYPES[script], argv)

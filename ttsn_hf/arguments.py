@@ -140,6 +140,17 @@ def _unknown_flag_message(unknown: list[str], parser: argparse.ArgumentParser) -
 # ---------------------------------------------------------------------------------------------- shared pieces
 
 
+def refuse_changed(arguments, names: tuple[str, ...], why: str) -> None:
+    """A one-line error for the first of ``names`` whose value differs from its default: an option that the
+    mode in use would ignore (``why`` says what it needs)."""
+    defaults = {spec.name: spec for spec in fields(arguments)}
+    for name in names:
+        spec = defaults[name]
+        default = spec.default_factory() if spec.default is MISSING else spec.default
+        if getattr(arguments, name) != default:
+            raise UserInputError(f"--{name} {why}")
+
+
 @dataclass
 class DataSourceArguments:
     """Where the ESCI data comes from: raw files (``--esci_dir``) or prepared data (``--data_dir``), not both.
@@ -477,6 +488,9 @@ class PrepareArguments(DataSourceArguments):
         if self.show:
             if not Path(self.show).is_dir():
                 raise UserInputError(f"--show {self.show}: no such folder; pass a folder prepare.py wrote")
+            shown = {"show", "stages", "esci_dir", "data_dir"}  # the data source may be data/, found by default
+            others = tuple(spec.name for spec in fields(self) if spec.name not in shown)
+            refuse_changed(self, (*others, "esci_dir"), "prepares data; --show only prints a prepared folder")
             self.stage_list = _stage_list(self.stages)
             return
         if self.data_dir:
@@ -526,6 +540,8 @@ class MineArguments(DataSourceArguments):
         super().__post_init__()
         if not self.model_name_or_path:
             raise UserInputError("mine.py needs --model_name_or_path (or --checkpoint): the model to mine with")
+        if self.sampling_strategy != "random":
+            refuse_changed(self, ("seed",), "seeds the random sampling: it needs --sampling_strategy random")
         check_output_path(self.output, "--output", folder=False)
 
 
@@ -559,7 +575,10 @@ class IndexArguments(DataSourceArguments):
     def __post_init__(self):
         super().__post_init__()
         if self.query:
+            building = ("esci_dir", "index_factory", "bf16", "chunk_size", "cache_dir")
+            refuse_changed(self, building, "builds an index; a search (--query) uses the index as it was built")
             return
+        refuse_changed(self, ("index_dir", "top_k"), "applies to a search: pass --query")
         if self.model_name_or_path is None:
             raise UserInputError("building an index needs --model_name_or_path (or pass --query to search one)")
         check_output_path(self.output_dir, "--output_dir")
@@ -609,3 +628,10 @@ class EvalArguments(DataSourceArguments):
         super().__post_init__()
         self.data_source  # noqa: B018 (a missing data source fails here, before any model is loaded)
         check_output_path(self.output_dir, "--output_dir")
+        from .modeling.model import is_two_tower_folder
+
+        if self.update_model_card and self.model_name_or_path and not is_two_tower_folder(self.model_name_or_path):
+            raise UserInputError(
+                f"--update_model_card: {self.model_name_or_path} is no two-tower model folder (no card of ours to "
+                "update); pass a folder train.py wrote"
+            )
