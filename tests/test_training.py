@@ -129,7 +129,7 @@ def scalar_tags(runs: Path) -> set[str]:
 
 def test_kill_during_stage_1_then_resume_completes(esci_sample, tiny_encoder_dir, tmp_path):
     args = quick_args(esci_sample, tiny_encoder_dir, tmp_path, "--save_strategy", "steps", "--save_steps", 1)
-    args[args.index("--max_train_samples") + 1] = 2000  # ~60 steps, so the kill lands inside stage 1
+    args[args.index("--max_train_samples") + 1] = 1400  # ~44 steps, so the kill lands inside stage 1
     process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
