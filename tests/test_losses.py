@@ -220,3 +220,15 @@ def test_two_processes_match_one_process_with_double_batch(world):
         torch.testing.assert_close(shard_loss, loss, rtol=1e-5, atol=1e-6)
         for got, expected in zip(shard_grads, grads, strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_known_positive_masking_matches_the_broadcast_comparison():
+    """The memory-light lookup equals ``(candidates == row keys).any()``, duplicates and padding included."""
+    from ttsn_hf.losses.in_batch_infonce import key_matches
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        candidates = torch.randint(0, 15, (int(torch.randint(1, 40, (1,), generator=generator)),), generator=generator)
+        rows = torch.randint(-1, 15, (int(torch.randint(1, 10, (1,), generator=generator)), 4), generator=generator)
+        expected = (candidates[None, :, None] == rows[:, None, :]).any(dim=-1)
+        assert torch.equal(key_matches(candidates, rows), expected)

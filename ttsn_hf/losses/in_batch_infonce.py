@@ -44,7 +44,7 @@ class InBatchInfoNCELoss(nn.Module):
         labels = positives + offset
         blocked = (~real)[None, :].repeat(len(anchors), 1)
         if self.mask_false_negatives:
-            blocked |= (candidate_keys[None, :, None] == mask_keys[anchors][:, None, :]).any(dim=-1)
+            blocked |= key_matches(candidate_keys, mask_keys[anchors])
             blocked |= candidate_keys[None, :] == product_keys[positives][:, None]
         blocked[torch.arange(len(anchors), device=scores.device), labels] = False
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
@@ -61,3 +61,21 @@ class InBatchInfoNCELoss(nn.Module):
             "mask_false_negatives": self.mask_false_negatives,
             "label_weighted": self.label_weighted,
         }
+
+
+def key_matches(candidate_keys: torch.Tensor, row_keys: torch.Tensor) -> torch.Tensor:
+    """``[rows, candidates]``: whether candidate ``c``'s key is among row ``r``'s keys (``-1`` pads ``row_keys``).
+
+    Found by binary search in the sorted candidate keys, in memory linear in the keys: the broadcast comparison
+    ``[rows, candidates, keys per row]`` would take gigabytes for a batch of thousands of query groups."""
+    order = torch.argsort(candidate_keys)
+    ordered = candidate_keys[order]
+    row, slot = torch.nonzero(row_keys >= 0, as_tuple=True)
+    keys = row_keys[row, slot]
+    first = torch.searchsorted(ordered, keys, side="left")
+    counts = torch.searchsorted(ordered, keys, side="right") - first  # a product can stand twice in a batch
+    starts = torch.repeat_interleave(first - (torch.cumsum(counts, 0) - counts), counts)
+    columns = order[starts + torch.arange(int(counts.sum()), device=keys.device)]
+    matches = torch.zeros(len(row_keys), len(candidate_keys), dtype=torch.bool, device=candidate_keys.device)
+    matches[torch.repeat_interleave(row, counts), columns] = True
+    return matches
