@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import RESULTS, SAMPLE_DIR, load_now, machine, print_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+PSEUDO_QUERIES = 4096  # per step, in every run: the same data whatever the batch, so only the batch differs
 CONFIGS = [  # (global batch, --infonce_mini_batch_size): 0 is the uncached batch
     (64, 0),
     (64, 64),
@@ -38,7 +39,7 @@ def run(batch: int, mini_batch: int, steps: int, work: Path) -> dict:
         sys.executable, str(REPO / "train.py"), "--esci_dir", str(SAMPLE_DIR), "--output_dir", str(output),
         "--stage", "1", "--bf16", "--max_steps", str(steps), "--logging_steps", "1",
         "--per_device_train_batch_size", str(batch), "--infonce_mini_batch_size", str(mini_batch),
-        "--pseudo_queries", str(max(2000, batch * steps)), "--max_eval_samples", "32", "--selection_corpus_size", "500",
+        "--pseudo_queries", str(PSEUDO_QUERIES * steps), "--max_eval_samples", "32", "--selection_corpus_size", "500",
         "--overwrite_output_dir",
     ]  # fmt: skip
     started = time.monotonic()
